@@ -1,0 +1,695 @@
+//! A cache handle: parameters, the open file, the one page this handle may hold locked, and
+//! the page operations, with corruption handling around each of them.
+//!
+//! Lock model (upstream's): a handle holds at most one page lock at a time; every page
+//! operation acts on that locked page. A page found inconsistent is repaired (valid entries
+//! kept), counted, and reported through [`Cache::take_warning`].
+
+use crate::error::{Error, Result};
+use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
+use crate::hash::hash_key;
+use crate::lock::{self, Acquired, DIRTY_OFF};
+use crate::page::{Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, ReadOut, Stored};
+use crate::time;
+use std::path::PathBuf;
+use std::sync::atomic::{compiler_fence, Ordering};
+use std::time::Duration;
+
+/// How long `catch_deadlocks` waits for a page lock before giving up.
+const DEADLOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Constructor parameters (upstream's `fc_set_param` names and defaults).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub share_file: Option<PathBuf>,
+    pub init_file: bool,
+    pub test_file: bool,
+    pub page_size: u32,
+    pub num_pages: u32,
+    pub expire_time: u32,
+    pub permissions: u32,
+    pub start_slots: u32,
+    pub catch_deadlocks: bool,
+    pub enable_stats: bool,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            share_file: None,
+            init_file: false,
+            test_file: false,
+            page_size: 65536,
+            num_pages: 89,
+            expire_time: 0,
+            permissions: 0o640,
+            start_slots: 89,
+            catch_deadlocks: false,
+            enable_stats: false,
+        }
+    }
+}
+
+/// Parses a parameter's decimal text (empty means 0, as Perl's false does).
+fn parse_u32(name: &str, value: &[u8]) -> Result<u32> {
+    let bad = || {
+        Error::new(format!(
+            "Bad value '{}' for {name}: must be a whole number from 0 to {}",
+            String::from_utf8_lossy(value),
+            u32::MAX
+        ))
+    };
+    if value.is_empty() {
+        return Ok(0);
+    }
+    let text = std::str::from_utf8(value).map_err(|_| bad())?.trim();
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    digits.parse::<u32>().map_err(|_| bad())
+}
+
+/// One entry copied out of the cache (by an expunge or a key listing).
+#[derive(Debug, Clone, Copy)]
+pub struct ItemRec {
+    key_off: usize,
+    key_len: usize,
+    val_off: usize,
+    val_len: usize,
+    pub last_access: u32,
+    pub expire_on: u32,
+    pub flags: u32,
+    pub modseq: Option<u64>,
+}
+
+/// A borrowed view of an [`ItemRec`] with its bytes.
+pub struct ItemView<'a> {
+    pub key: &'a [u8],
+    pub val: &'a [u8],
+    pub rec: ItemRec,
+}
+
+/// Entries handed to the caller in one batch; reused between calls.
+#[derive(Default)]
+struct ItemBuf {
+    data: Vec<u8>,
+    recs: Vec<ItemRec>,
+}
+
+impl ItemBuf {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.recs.clear();
+    }
+
+    fn push(&mut self, page: &Page<'_>, it: &Item, with_value: bool) {
+        let key = page.key(it);
+        let val: &[u8] = if with_value { page.value(it) } else { &[] };
+        let key_off = self.data.len();
+        self.data.extend_from_slice(key);
+        let val_off = self.data.len();
+        self.data.extend_from_slice(val);
+        self.recs.push(ItemRec {
+            key_off,
+            key_len: key.len(),
+            val_off,
+            val_len: val.len(),
+            last_access: it.last_access,
+            expire_on: it.expire_on,
+            flags: it.flags,
+            modseq: page.modseq(it),
+        });
+    }
+}
+
+/// A view of page `n` of `file`.
+///
+/// The page lock for `n` must be held by the caller, and no other `Page` of `n` may be alive:
+/// that is what makes handing out `&mut` bytes of shared memory sound (cooperating processes
+/// only touch a page while holding its lock).
+fn page_at(file: &MappedFile, n: u32) -> Page<'_> {
+    let size = file.layout.geometry.page_size as usize;
+    // SAFETY: page_ptr(n) .. +page_size lies inside the live mapping owned by `file`, and the
+    // caller holds page n's lock (see above), so nobody else writes these bytes meanwhile.
+    Page::new(unsafe { std::slice::from_raw_parts_mut(file.page_ptr(n), size) })
+}
+
+/// The hash check used to validate items: does `key` belong to page `n` with `slot_hash`?
+fn hash_checker(num_pages: u32, n: u32) -> impl Fn(&[u8], u32) -> bool {
+    move |key: &[u8], slot_hash: u32| hash_key(key, num_pages) == (n, slot_hash)
+}
+
+/// Reads or writes the "being mutated" marker of a lock table entry.
+///
+/// # Safety
+/// `entry` is a lock table entry inside a live mapping (64-byte aligned, so the u32 marker is
+/// aligned) and the caller holds that page's lock.
+unsafe fn marker(entry: *mut u8) -> *mut u32 {
+    entry.add(DIRTY_OFF) as *mut u32
+}
+
+pub struct Cache {
+    params: Params,
+    file: Option<MappedFile>,
+    locked: Option<u32>,
+    /// This lock session has set the page's "being mutated" marker.
+    marked: bool,
+    items: ItemBuf,
+    repaired: u64,
+    warnings: Vec<String>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::new()
+    }
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache {
+            params: Params::default(),
+            file: None,
+            locked: None,
+            marked: false,
+            items: ItemBuf::default(),
+            repaired: 0,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Sets a constructor parameter by upstream's name; values are decimal text.
+    pub fn set_param(&mut self, name: &[u8], value: &[u8]) -> Result<()> {
+        let name_s = String::from_utf8_lossy(name).into_owned();
+        let p = &mut self.params;
+        match name {
+            b"share_file" => {
+                if value.is_empty() {
+                    return Err(Error::new("No share file specified"));
+                }
+                p.share_file = Some(path_from_bytes(value));
+            }
+            b"init_file" => p.init_file = parse_u32(&name_s, value)? != 0,
+            b"test_file" => p.test_file = parse_u32(&name_s, value)? != 0,
+            b"page_size" => p.page_size = parse_u32(&name_s, value)?,
+            b"num_pages" => p.num_pages = parse_u32(&name_s, value)?,
+            b"expire_time" => p.expire_time = parse_u32(&name_s, value)?,
+            b"permissions" => p.permissions = parse_u32(&name_s, value)?,
+            b"start_slots" => p.start_slots = parse_u32(&name_s, value)?,
+            b"catch_deadlocks" => p.catch_deadlocks = parse_u32(&name_s, value)? != 0,
+            b"enable_stats" => p.enable_stats = parse_u32(&name_s, value)? != 0,
+            _ => return Err(Error::new(format!("Bad set_param parameter: {name_s}"))),
+        }
+        Ok(())
+    }
+
+    /// Opens (creating as needed) and maps the share file.
+    pub fn init(&mut self) -> Result<()> {
+        if self.file.is_some() {
+            return Err(Error::new("cache is already initialised"));
+        }
+        let path = self
+            .params
+            .share_file
+            .clone()
+            .ok_or_else(|| Error::new("No share file specified"))?;
+        let layout = Layout::new(Geometry {
+            page_size: self.params.page_size,
+            num_pages: self.params.num_pages,
+            start_slots: self.params.start_slots,
+        })?;
+        self.file = Some(MappedFile::open(
+            &path,
+            layout,
+            self.params.init_file,
+            self.params.permissions,
+        )?);
+        if self.params.test_file {
+            self.test_all_pages()?;
+        }
+        Ok(())
+    }
+
+    fn file(&self) -> Result<&MappedFile> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::new("cache is not initialised (fc_init was not called)"))
+    }
+
+    fn num_pages(&self) -> u32 {
+        match &self.file {
+            Some(f) => f.layout.geometry.num_pages,
+            None => self.params.num_pages,
+        }
+    }
+
+    /// `(page, slot_hash)` of a key.
+    pub fn hash(&self, key: &[u8]) -> (u32, u32) {
+        hash_key(key, self.num_pages())
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked.is_some()
+    }
+
+    /// Takes page `page`'s lock. Only one page per handle.
+    pub fn lock(&mut self, page: u32) -> Result<()> {
+        if let Some(p) = self.locked {
+            return Err(Error::new(format!(
+                "page {p} is already locked, can't lock multiple pages"
+            )));
+        }
+        let file = self.file()?;
+        if page >= file.layout.geometry.num_pages {
+            return Err(Error::new(format!(
+                "page {page} is NOPAGE or larger than number of pages"
+            )));
+        }
+        let entry = file.lock_entry(page);
+        let timeout = self.params.catch_deadlocks.then_some(DEADLOCK_TIMEOUT);
+        // SAFETY: entry is this page's lock table entry inside the live mapping.
+        let how = unsafe { lock::lock(entry, page, timeout)? };
+        self.locked = Some(page);
+        self.marked = false;
+        // SAFETY: we now hold the page lock; entry is inside the mapping.
+        let half_done = unsafe { std::ptr::read_volatile(marker(entry)) } != 0;
+        if how == Acquired::OwnerDied || half_done {
+            let why = if how == Acquired::OwnerDied {
+                "its last user died while holding the lock"
+            } else {
+                "it was left half-modified"
+            };
+            self.check_locked_page(why);
+            let entry = self.file()?.lock_entry(page);
+            // SAFETY: as above; the page is consistent again.
+            unsafe {
+                std::ptr::write_volatile(marker(entry), 0);
+                if how == Acquired::OwnerDied {
+                    lock::make_consistent(entry);
+                }
+            }
+            self.marked = false;
+        }
+        Ok(())
+    }
+
+    /// Releases the page lock, if one is held. Never fails.
+    pub fn unlock(&mut self) {
+        let (Some(page), Some(file)) = (self.locked.take(), self.file.as_ref()) else {
+            return;
+        };
+        let entry = file.lock_entry(page);
+        if self.marked {
+            compiler_fence(Ordering::SeqCst);
+            // SAFETY: our page's marker; the lock is still held.
+            unsafe { std::ptr::write_volatile(marker(entry), 0) };
+            self.marked = false;
+        }
+        // SAFETY: entry is the lock we hold.
+        unsafe { lock::unlock(entry) };
+    }
+
+    /// Sets the locked page's "being mutated" marker before the first change of this lock
+    /// session, so that a crash part-way shows up as a half-modified page.
+    fn mark(&mut self, page: u32) {
+        if self.marked {
+            return;
+        }
+        if let Some(file) = &self.file {
+            // SAFETY: our page's marker inside the mapping; we hold the page lock.
+            unsafe { std::ptr::write_volatile(marker(file.lock_entry(page)), 1) };
+            compiler_fence(Ordering::SeqCst);
+            self.marked = true;
+        }
+    }
+
+    fn locked_or_err(&self) -> Result<u32> {
+        self.locked
+            .ok_or_else(|| Error::new("no page is locked (call fc_lock first)"))
+    }
+
+    /// Repairs page `n` (locked by us) and records why.
+    fn repair(&mut self, n: u32, why: &str) {
+        self.mark(n);
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        let g = file.layout.geometry;
+        let kept = page_at(file, n).repair(g.start_slots, &hash_checker(g.num_pages, n));
+        self.repaired += 1;
+        self.warnings.push(format!(
+            "page {n} of {} reinitialised: {why} ({kept} entries kept)",
+            file.path.display()
+        ));
+    }
+
+    /// Fully validates the locked page, repairing it if needed.
+    fn check_locked_page(&mut self, context: &str) {
+        let (Some(n), Some(file)) = (self.locked, self.file.as_ref()) else {
+            return;
+        };
+        let num_pages = file.layout.geometry.num_pages;
+        if let Err(Corrupt(reason)) = page_at(file, n).validate(&hash_checker(num_pages, n)) {
+            self.repair(n, &format!("{context}: {reason}"));
+        }
+    }
+
+    /// Runs `op` on the locked page. If the page turns out corrupt, repairs it and runs `op`
+    /// once more.
+    fn with_page<T>(
+        &mut self,
+        mutates: bool,
+        op: impl Fn(&mut Page<'_>) -> PageResult<T>,
+    ) -> Result<T> {
+        let n = self.locked_or_err()?;
+        if mutates {
+            self.mark(n);
+        }
+        match op(&mut page_at(self.file()?, n)) {
+            Ok(v) => Ok(v),
+            Err(Corrupt(reason)) => {
+                self.repair(n, &reason);
+                op(&mut page_at(self.file()?, n)).map_err(|Corrupt(r)| {
+                    Error::new(format!("page {n} is corrupt even after repair: {r}"))
+                })
+            }
+        }
+    }
+
+    /// Looks a key up in the locked page. On a hit the value is `value_ptr(&out)` for
+    /// `out.val_len` bytes, valid until the page is unlocked or changed.
+    pub fn read(&mut self, slot_hash: u32, key: &[u8]) -> Result<ReadOut> {
+        let now = time::now();
+        let stats = self.params.enable_stats;
+        self.with_page(false, |p| p.read(slot_hash, key, now, stats))
+    }
+
+    /// Pointer to a read value's bytes (valid as [`Cache::read`] says).
+    pub fn value_ptr(&self, out: &ReadOut) -> *const u8 {
+        match (self.locked, &self.file) {
+            (Some(n), Some(f)) if out.found => f.page_ptr(n).wrapping_add(out.val_off),
+            _ => std::ptr::NonNull::dangling().as_ptr(),
+        }
+    }
+
+    /// Stores an entry in the locked page (never expunges; see `expunge`).
+    pub fn write(&mut self, new: &NewItem<'_>) -> Result<Stored> {
+        let now = time::now();
+        let default_expire = self.params.expire_time;
+        self.with_page(true, |p| p.write(new, now, default_expire))
+    }
+
+    /// Deletes a key from the locked page, returning the deleted entry's flags.
+    pub fn delete(&mut self, slot_hash: u32, key: &[u8]) -> Result<Option<u32>> {
+        self.with_page(true, |p| p.delete(slot_hash, key))
+    }
+
+    /// Expunges the locked page (see [`Page::plan_expunge`]). With `wb`, the evicted entries
+    /// (tombstones excepted) are copied out first; returns how many, readable with `item`.
+    pub fn expunge(&mut self, mode: i32, wb: bool, len: i64) -> Result<usize> {
+        self.items.clear();
+        let now = time::now();
+        let plan: Option<ExpungePlan> =
+            self.with_page(false, |p| p.plan_expunge(mode, len, now))?;
+        let Some(plan) = plan else { return Ok(0) };
+        let n = self.locked_or_err()?;
+        self.file()?.check_fd()?;
+        self.mark(n);
+        let Some(file) = self.file.as_ref() else {
+            return Ok(0);
+        };
+        let mut page = page_at(file, n);
+        if wb {
+            for it in plan.evict.iter().filter(|it| !it.is_tombstone()) {
+                self.items.push(&page, it, true);
+            }
+        }
+        page.apply_expunge(&plan);
+        Ok(self.items.recs.len())
+    }
+
+    /// Collects every live entry (not expired, not a tombstone) of every page, locking one
+    /// page at a time. Returns how many, readable with `item`.
+    pub fn collect_keys(&mut self, with_values: bool) -> Result<usize> {
+        if let Some(p) = self.locked {
+            return Err(Error::new(format!(
+                "page {p} is already locked, can't lock multiple pages"
+            )));
+        }
+        self.items.clear();
+        let now = time::now();
+        for n in 0..self.file()?.layout.geometry.num_pages {
+            self.lock(n)?;
+            let items = match self.with_page(false, |p| p.items()) {
+                Ok(items) => items,
+                Err(e) => {
+                    self.unlock();
+                    return Err(e);
+                }
+            };
+            if let Some(file) = self.file.as_ref() {
+                let page = page_at(file, n);
+                for it in items
+                    .iter()
+                    .filter(|it| !it.is_tombstone() && !time::is_expired(it.expire_on, now))
+                {
+                    self.items.push(&page, it, with_values);
+                }
+            }
+            self.unlock();
+        }
+        Ok(self.items.recs.len())
+    }
+
+    /// Entry `i` of the last `expunge` / `collect_keys` batch.
+    pub fn item(&self, i: usize) -> Option<ItemView<'_>> {
+        let rec = *self.items.recs.get(i)?;
+        Some(ItemView {
+            key: &self.items.data[rec.key_off..rec.key_off + rec.key_len],
+            val: &self.items.data[rec.val_off..rec.val_off + rec.val_len],
+            rec,
+        })
+    }
+
+    /// `(nreads, nreadhits)` of the locked page.
+    pub fn page_details(&mut self) -> Result<(u32, u32)> {
+        self.with_page(false, |p| p.check_header().map(|()| p.stats()))
+    }
+
+    pub fn reset_page_details(&mut self) -> Result<()> {
+        self.with_page(true, |p| p.check_header().map(|()| p.reset_stats()))
+    }
+
+    /// test_file: validates every page now, repairing the bad ones.
+    fn test_all_pages(&mut self) -> Result<()> {
+        let before = self.repaired;
+        let pages = self.file()?.layout.geometry.num_pages;
+        for n in 0..pages {
+            self.lock(n)?;
+            self.check_locked_page("test_file check failed");
+            self.unlock();
+        }
+        let bad = self.repaired - before;
+        if bad > 0 {
+            let path = self.file()?.path.display().to_string();
+            self.warnings.push(format!(
+                "test_file: {bad} of {pages} pages of {path} were repaired"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pages this handle has repaired so far.
+    pub fn repaired_pages(&self) -> u64 {
+        self.repaired
+    }
+
+    /// The oldest warning not yet reported, if any.
+    pub fn take_warning(&mut self) -> Option<String> {
+        if self.warnings.is_empty() {
+            None
+        } else {
+            Some(self.warnings.remove(0))
+        }
+    }
+
+    /// Unlocks and unmaps. The handle can no longer be used for pages.
+    pub fn close(&mut self) {
+        self.unlock();
+        self.file = None;
+        self.items = ItemBuf::default();
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        self.unlock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::FLAG_ISDIRTY;
+    use std::os::unix::ffi::OsStrExt;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fmtest-cache-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn open(dir: &std::path::Path, pages: u32, page_size: u32) -> Cache {
+        let mut c = Cache::new();
+        c.set_param(b"share_file", dir.join("c").as_os_str().as_bytes())
+            .unwrap();
+        c.set_param(b"num_pages", pages.to_string().as_bytes())
+            .unwrap();
+        c.set_param(b"page_size", page_size.to_string().as_bytes())
+            .unwrap();
+        c.set_param(b"enable_stats", b"1").unwrap();
+        c.init().unwrap();
+        c
+    }
+
+    fn new_item<'a>(s: u32, k: &'a str, v: &'a [u8]) -> NewItem<'a> {
+        NewItem {
+            slot_hash: s,
+            key: k.as_bytes(),
+            val: v,
+            expire_on: u32::MAX,
+            flags: FLAG_ISDIRTY,
+            modseq: None,
+        }
+    }
+
+    fn set(c: &mut Cache, k: &str, v: &str) -> Stored {
+        let (p, s) = c.hash(k.as_bytes());
+        c.lock(p).unwrap();
+        c.expunge(2, false, (k.len() + v.len()) as i64).unwrap();
+        let r = c.write(&new_item(s, k, v.as_bytes())).unwrap();
+        c.unlock();
+        r
+    }
+
+    fn get(c: &mut Cache, k: &str) -> Option<Vec<u8>> {
+        let (p, s) = c.hash(k.as_bytes());
+        c.lock(p).unwrap();
+        let r = c.read(s, k.as_bytes()).unwrap();
+        // SAFETY: read said found; the page is still locked.
+        let v = r
+            .found
+            .then(|| unsafe { std::slice::from_raw_parts(c.value_ptr(&r), r.val_len) }.to_vec());
+        c.unlock();
+        v
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let mut c = Cache::new();
+        let e = c.set_param(b"page_size", b"abc").unwrap_err();
+        assert!(e.message().contains("page_size"), "{e}");
+        assert!(c.set_param(b"num_pages", b"-3").is_err());
+        assert_eq!(
+            c.set_param(b"frobnicate", b"1").unwrap_err().message(),
+            "Bad set_param parameter: frobnicate"
+        );
+        c.set_param(b"init_file", b"").unwrap();
+        assert!(c.init().unwrap_err().message().contains("No share file"));
+    }
+
+    #[test]
+    fn set_get_across_handles_and_lock_rules() {
+        let d = tmpdir("basic");
+        let mut a = open(&d, 7, 8192);
+        let mut b = open(&d, 7, 8192);
+        assert_eq!(set(&mut a, "hello", "world"), Stored::Yes);
+        assert_eq!(get(&mut b, "hello").unwrap(), b"world");
+        a.lock(1).unwrap();
+        let e = a.lock(2).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "page 1 is already locked, can't lock multiple pages"
+        );
+        assert!(a.collect_keys(false).is_err());
+        a.unlock();
+        let e = a.lock(7).unwrap_err();
+        assert!(e.message().contains("larger than number of pages"), "{e}");
+        assert_eq!(a.collect_keys(true).unwrap(), 1);
+        let it = a.item(0).unwrap();
+        assert_eq!((it.key, it.val), (&b"hello"[..], &b"world"[..]));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lru_keeps_recent_entries_and_reports_dirty_evictions() {
+        let d = tmpdir("lru");
+        let mut c = open(&d, 1, 8192);
+        let mut evicted = 0;
+        for i in 0..500 {
+            let k = format!("key{i}");
+            let (p, s) = c.hash(k.as_bytes());
+            c.lock(p).unwrap();
+            evicted += c.expunge(2, true, 60).unwrap();
+            assert_eq!(c.write(&new_item(s, &k, &[b'v'; 50])).unwrap(), Stored::Yes);
+            c.unlock();
+        }
+        assert!(evicted > 300, "evicted {evicted}");
+        assert!(get(&mut c, "key499").is_some());
+        assert!(get(&mut c, "key0").is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_page_is_repaired_on_use() {
+        let d = tmpdir("repair");
+        let mut c = open(&d, 1, 8192);
+        for i in 0..20 {
+            set(&mut c, &format!("k{i}"), "value");
+        }
+        let file = c.file.as_ref().unwrap();
+        // SAFETY: test-only scribble over the page header's slot count, inside the mapping.
+        unsafe { std::ptr::write_bytes(file.page_ptr(0).add(4), 0xFF, 4) };
+        assert!(get(&mut c, "k1").is_none());
+        assert_eq!(c.repaired_pages(), 1);
+        let w = c.take_warning().unwrap();
+        assert!(w.starts_with("page 0 of "), "{w}");
+        assert!(w.contains("reinitialised"), "{w}");
+        assert_eq!(set(&mut c, "k1", "again"), Stored::Yes);
+        assert_eq!(get(&mut c, "k1").unwrap(), b"again");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_lock_holder_killed_mid_write_is_recovered() {
+        let d = tmpdir("ownerdead");
+        let mut c = open(&d, 1, 8192);
+        set(&mut c, "keep", "me");
+        // A thread that takes the lock, marks the page as being changed, and exits.
+        let path = d.join("c");
+        std::thread::spawn(move || {
+            let mut t = Cache::new();
+            t.set_param(b"share_file", path.as_os_str().as_bytes())
+                .unwrap();
+            t.set_param(b"num_pages", b"1").unwrap();
+            t.set_param(b"page_size", b"8192").unwrap();
+            t.init().unwrap();
+            t.lock(0).unwrap();
+            t.mark(0);
+            // Leak the handle so that nothing unlocks: like a SIGKILL.
+            std::mem::forget(t);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(get(&mut c, "keep").unwrap(), b"me");
+        assert_eq!(set(&mut c, "after", "x"), Stored::Yes);
+        assert_eq!(c.repaired_pages(), 0, "a valid page needs no repair");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

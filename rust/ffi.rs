@@ -1,0 +1,533 @@
+//! The C ABI: the only `extern "C"` surface of the engine (xs/fastmmap.h is generated from
+//! this file by cbindgen).
+//!
+//! Conventions: functions returning `int` give 0 on success and -1 on error, and then
+//! `fc_last_error` holds the message. No Rust panic crosses this boundary: each body runs
+//! under `catch_unwind` and a panic becomes an error ("internal error: ...").
+
+use crate::cache::Cache;
+use crate::page::{self, NewItem};
+use crate::time;
+use std::ffi::{c_char, c_int, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Item flag: a write-back entry not yet written (Perl layer).
+pub const FC_ISDIRTY: u32 = 1;
+/// Item flag: the value carries an 8-byte modseq (set by the engine).
+pub const FC_HASMODSEQ: u32 = 1 << 27;
+/// Item flag: the entry is a tombstone (set by the engine).
+pub const FC_TOMBSTONE: u32 = 1 << 28;
+/// Item flag: the value was undef, stored as empty (set by the XS layer).
+pub const FC_UNDEF: u32 = 1 << 29;
+/// Item flag: the key had Perl's UTF-8 flag (set by the XS layer).
+pub const FC_UTF8KEY: u32 = 1 << 30;
+/// Item flag: the value had Perl's UTF-8 flag (set by the XS layer).
+pub const FC_UTF8VAL: u32 = 1 << 31;
+
+const _: () = assert!(
+    FC_ISDIRTY == page::FLAG_ISDIRTY
+        && FC_HASMODSEQ == page::FLAG_HASMODSEQ
+        && FC_TOMBSTONE == page::FLAG_TOMBSTONE
+        && FC_UNDEF == page::FLAG_UNDEF
+        && FC_UTF8KEY == page::FLAG_UTF8KEY
+        && FC_UTF8VAL == page::FLAG_UTF8VAL
+);
+
+/// An opaque cache handle: one per Perl cache object.
+pub struct FcCache {
+    cache: Cache,
+    error: CString,
+    warning: CString,
+}
+
+/// What `fc_read` found.
+#[repr(C)]
+pub struct FcReadResult {
+    /// The value's bytes, inside the locked page: copy them before unlocking.
+    pub val: *const u8,
+    /// Length of the value (any modseq prefix already split off).
+    pub val_len: usize,
+    /// The flags stored with the entry, unmodified.
+    pub flags: u32,
+    /// 1 for a live entry; 0 for a miss, an expired entry or a tombstone.
+    pub found: u32,
+    /// 0 on a miss.
+    pub expire_on: u32,
+    /// 1 when `modseq` is valid.
+    pub has_modseq: u32,
+    pub modseq: u64,
+}
+
+/// An entry from `fc_expunge` or `fc_collect_keys`.
+#[repr(C)]
+pub struct FcItem {
+    /// Key bytes, in a buffer owned by the handle (valid until the next `fc_expunge`,
+    /// `fc_collect_keys` or `fc_close`).
+    pub key: *const u8,
+    pub key_len: usize,
+    /// Value bytes (empty when values were not asked for), same lifetime as `key`.
+    pub val: *const u8,
+    pub val_len: usize,
+    pub last_access: u32,
+    pub expire_on: u32,
+    /// The flags stored with the entry, unmodified.
+    pub flags: u32,
+    pub has_modseq: u32,
+    pub modseq: u64,
+}
+
+impl FcCache {
+    fn set_error(&mut self, msg: &str) {
+        // Messages never contain NUL (they are our own text and paths, which cannot).
+        self.error = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+/// Runs `f` on the handle with errors and panics turned into -1 + `fc_last_error`.
+fn call(c: *mut FcCache, f: impl FnOnce(&mut Cache) -> crate::error::Result<()>) -> c_int {
+    // SAFETY: the caller passes a handle from fc_new that was not closed, or NULL.
+    let Some(h) = (unsafe { c.as_mut() }) else {
+        return -1;
+    };
+    match catch_unwind(AssertUnwindSafe(|| f(&mut h.cache))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            h.set_error(e.message());
+            -1
+        }
+        Err(p) => {
+            h.set_error(&format!(
+                "Cache::FastMmap internal error: {}",
+                panic_message(&*p)
+            ));
+            -1
+        }
+    }
+}
+
+/// Bytes from a (pointer, length) pair; NULL with length 0 is the empty string.
+///
+/// # Safety
+/// `p` points at `len` readable bytes, or `len` is 0.
+unsafe fn bytes<'a>(p: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 || p.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(p, len)
+    }
+}
+
+/// Writes `v` through `out` when it is not NULL.
+fn put<T>(out: *mut T, v: T) {
+    // SAFETY: the caller passes NULL or a valid pointer to a T.
+    if let Some(o) = unsafe { out.as_mut() } {
+        *o = v;
+    }
+}
+
+/// A new handle with upstream's default parameters. NULL only if memory ran out.
+#[no_mangle]
+pub extern "C" fn fc_new() -> *mut FcCache {
+    catch_unwind(|| {
+        Box::into_raw(Box::new(FcCache {
+            cache: Cache::new(),
+            error: CString::default(),
+            warning: CString::default(),
+        }))
+    })
+    .unwrap_or(std::ptr::null_mut())
+}
+
+/// Unlocks, unmaps, closes and frees the handle. NULL is ignored.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_close(c: *mut FcCache) {
+    if c.is_null() {
+        return;
+    }
+    // SAFETY: c came from fc_new (Box::into_raw) and is closed only once (caller's contract).
+    let h = unsafe { Box::from_raw(c) };
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(h)));
+}
+
+/// The message of the last failed call on this handle (owned by the handle).
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_last_error(c: *const FcCache) -> *const c_char {
+    // SAFETY: c is a live handle or NULL.
+    match unsafe { c.as_ref() } {
+        Some(h) => h.error.as_ptr(),
+        None => c"Object not created correctly".as_ptr(),
+    }
+}
+
+/// Sets a constructor parameter (upstream's names); the value is decimal text, or the path
+/// bytes for share_file.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `name` and `value` point at `name_len` / `value_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fc_set_param(
+    c: *mut FcCache,
+    name: *const u8,
+    name_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> c_int {
+    let (n, v) = (bytes(name, name_len), bytes(value, value_len));
+    call(c, |k| k.set_param(n, v))
+}
+
+/// Opens (creating or replacing as needed) and maps the share file.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_init(c: *mut FcCache) -> c_int {
+    call(c, |k| k.init())
+}
+
+/// The page and slot hash of a key.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `key` points at `key_len` readable bytes; `page` and `slot_hash` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_hash(
+    c: *const FcCache,
+    key: *const u8,
+    key_len: usize,
+    page: *mut u32,
+    slot_hash: *mut u32,
+) {
+    let k = bytes(key, key_len);
+    let Some(h) = c.as_ref() else { return };
+    if let Ok((p, s)) = catch_unwind(AssertUnwindSafe(|| h.cache.hash(k))) {
+        put(page, p);
+        put(slot_hash, s);
+    }
+}
+
+/// Locks a page (one per handle at a time).
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_lock(c: *mut FcCache, page: u32) -> c_int {
+    call(c, |k| k.lock(page))
+}
+
+/// Unlocks the handle's page, if any.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_unlock(c: *mut FcCache) {
+    call(c, |k| {
+        k.unlock();
+        Ok(())
+    });
+}
+
+/// 1 if the handle holds a page lock, else 0.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_is_locked(c: *const FcCache) -> c_int {
+    // SAFETY: c is a live handle or NULL.
+    unsafe { c.as_ref() }.map_or(0, |h| c_int::from(h.cache.is_locked()))
+}
+
+/// Looks a key up in the locked page.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `key` points at `key_len` readable bytes; `out` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_read(
+    c: *mut FcCache,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    out: *mut FcReadResult,
+) -> c_int {
+    let k = bytes(key, key_len);
+    call(c, |cache| {
+        let r = cache.read(slot_hash, k)?;
+        put(
+            out,
+            FcReadResult {
+                val: cache.value_ptr(&r),
+                val_len: r.val_len,
+                flags: r.flags,
+                found: u32::from(r.found),
+                expire_on: r.expire_on,
+                has_modseq: u32::from(r.modseq.is_some()),
+                modseq: r.modseq.unwrap_or(0),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Stores a value in the locked page: `*stored` is 1 (stored), 0 (no room; any old value
+/// kept) or -1 (refused by the modseq rules). `expire_on` 0xFFFFFFFF means the cache default.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `key`/`val` point at `key_len`/`val_len` readable bytes; `stored` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_write(
+    c: *mut FcCache,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    val: *const u8,
+    val_len: usize,
+    expire_on: u32,
+    flags: u32,
+    has_modseq: c_int,
+    modseq: u64,
+    stored: *mut i32,
+) -> c_int {
+    let (k, v) = (bytes(key, key_len), bytes(val, val_len));
+    call(c, |cache| {
+        let r = cache.write(&NewItem {
+            slot_hash,
+            key: k,
+            val: v,
+            expire_on,
+            flags: flags & !(FC_TOMBSTONE | FC_HASMODSEQ),
+            modseq: (has_modseq != 0).then_some(modseq),
+        })?;
+        put(stored, r.code());
+        Ok(())
+    })
+}
+
+/// Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
+/// over a newer modseq) or 0 (no room). `flags` may carry FC_UTF8KEY.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `key` points at `key_len` readable bytes; `stored` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_tombstone(
+    c: *mut FcCache,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    expire_on: u32,
+    flags: u32,
+    modseq: u64,
+    stored: *mut i32,
+) -> c_int {
+    let k = bytes(key, key_len);
+    call(c, |cache| {
+        let r = cache.write(&NewItem {
+            slot_hash,
+            key: k,
+            val: &[],
+            expire_on,
+            flags: (flags & FC_UTF8KEY) | FC_TOMBSTONE,
+            modseq: Some(modseq),
+        })?;
+        put(stored, r.code());
+        Ok(())
+    })
+}
+
+/// Deletes a key (expired entries and tombstones too) from the locked page.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`;
+/// `key` points at `key_len` readable bytes; the out pointers are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_delete(
+    c: *mut FcCache,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    did_delete: *mut i32,
+    flags: *mut u32,
+) -> c_int {
+    let k = bytes(key, key_len);
+    call(c, |cache| {
+        let r = cache.delete(slot_hash, k)?;
+        put(did_delete, i32::from(r.is_some()));
+        put(flags, r.unwrap_or(0));
+        Ok(())
+    })
+}
+
+/// Expunges the locked page: mode 0 expired entries, 1 everything, 2 also least recently
+/// used. `len` >= 0 is the size of an item about to be written (no expunge when it fits and
+/// slots are plentiful). With `wb`, the evicted entries are kept for `fc_item`; their count
+/// goes to `*n_items`.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_expunge(
+    c: *mut FcCache,
+    mode: i32,
+    wb: i32,
+    len: i64,
+    n_items: *mut usize,
+) -> c_int {
+    call(c, |cache| {
+        let n = cache.expunge(mode, wb != 0, len)?;
+        put(n_items, n);
+        Ok(())
+    })
+}
+
+/// Collects the live entries of every page (one page locked at a time; fails if this handle
+/// holds a lock). Their count goes to `*n_items`; read them with `fc_item`.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_collect_keys(
+    c: *mut FcCache,
+    with_values: i32,
+    n_items: *mut usize,
+) -> c_int {
+    call(c, |cache| {
+        let n = cache.collect_keys(with_values != 0)?;
+        put(n_items, n);
+        Ok(())
+    })
+}
+
+/// Entry `index` of the last `fc_expunge` / `fc_collect_keys` batch.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_item(c: *const FcCache, index: usize, out: *mut FcItem) -> c_int {
+    // SAFETY: c is a live handle or NULL.
+    let Some(h) = (unsafe { c.as_ref() }) else {
+        return -1;
+    };
+    let Some(it) = h.cache.item(index) else {
+        return -1;
+    };
+    put(
+        out,
+        FcItem {
+            key: it.key.as_ptr(),
+            key_len: it.key.len(),
+            val: it.val.as_ptr(),
+            val_len: it.val.len(),
+            last_access: it.rec.last_access,
+            expire_on: it.rec.expire_on,
+            flags: it.rec.flags,
+            has_modseq: u32::from(it.rec.modseq.is_some()),
+            modseq: it.rec.modseq.unwrap_or(0),
+        },
+    );
+    0
+}
+
+/// Read statistics of the locked page.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_get_page_details(
+    c: *mut FcCache,
+    nreads: *mut u32,
+    nreadhits: *mut u32,
+) -> c_int {
+    call(c, |cache| {
+        let (r, h) = cache.page_details()?;
+        put(nreads, r);
+        put(nreadhits, h);
+        Ok(())
+    })
+}
+
+/// Zeroes the locked page's read statistics.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_reset_page_details(c: *mut FcCache) -> c_int {
+    call(c, |cache| cache.reset_page_details())
+}
+
+/// Sets the process-wide clock override (seconds); 0 turns it off.
+#[no_mangle]
+pub extern "C" fn fc_set_time_override(t: u32) {
+    time::set_override(t);
+}
+
+/// How many pages this handle has found corrupt and repaired.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_repaired_pages(c: *const FcCache) -> u64 {
+    // SAFETY: c is a live handle or NULL.
+    unsafe { c.as_ref() }.map_or(0, |h| h.cache.repaired_pages())
+}
+
+/// The oldest warning not yet reported (e.g. a repaired page), or NULL when there is none.
+/// The string is owned by the handle, valid until the next call of this function.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_take_warning(c: *mut FcCache) -> *const c_char {
+    // SAFETY: c is a live handle or NULL.
+    let Some(h) = (unsafe { c.as_mut() }) else {
+        return std::ptr::null();
+    };
+    match catch_unwind(AssertUnwindSafe(|| h.cache.take_warning())) {
+        Ok(Some(w)) => {
+            h.warning = CString::new(w.replace('\0', "\\0")).unwrap_or_default();
+            h.warning.as_ptr()
+        }
+        _ => std::ptr::null(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_come_back_as_status_and_message() {
+        let c = fc_new();
+        let name = b"bogus";
+        // SAFETY: c is a live handle; the byte pointers match their lengths.
+        unsafe {
+            let rc = fc_set_param(c, name.as_ptr(), name.len(), b"1".as_ptr(), 1);
+            assert_eq!(rc, -1);
+            let msg = std::ffi::CStr::from_ptr(fc_last_error(c));
+            assert_eq!(msg.to_str().unwrap(), "Bad set_param parameter: bogus");
+            assert_eq!(fc_lock(c, 0), -1, "locking before init is an error");
+            assert_eq!(fc_is_locked(c), 0);
+            assert!(fc_take_warning(c).is_null());
+            fc_close(c);
+            fc_close(std::ptr::null_mut());
+        }
+    }
+}

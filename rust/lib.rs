@@ -1,0 +1,16 @@
+//! The engine of Cache::FastMmap: a shared-memory cache in an mmap'd file, with one robust
+//! process-shared lock per page.
+//!
+//! Modules, bottom up: `error` (messages), `time` (the clock and its override), `hash`
+//! (key -> page + slot hash), `lock` (page mutexes), `page` (one page's format and
+//! operations), `file` (the share file: header, creation, mapping), `cache` (a handle and its
+//! lock-ownership model) and `ffi` (the C ABI, the only `extern "C"` code).
+
+pub mod cache;
+pub mod error;
+pub mod ffi;
+pub mod file;
+pub mod hash;
+pub mod lock;
+pub mod page;
+pub mod time;
