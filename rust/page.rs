@@ -600,9 +600,11 @@ impl<'a> Page<'a> {
         if kept_frac > 0.3
             && (data_size.saturating_sub(used_data) > (u64::from(n) + 1) * 4 || mode == EXPUNGE_LRU)
         {
+            // The growth condition leaves room for the kept items in modes 0 and 1; mode 2
+            // makes room by evicting below. Only a table that would fill the whole page (a
+            // geometry upstream never reaches) is refused.
             let grown = u64::from(n) * 2 + 1;
-            // Never grow the table past the point where it leaves no room for the items kept.
-            if grown <= u64::from(u32::MAX) && data_start(grown as u32) + used_data <= ps {
+            if grown <= u64::from(u32::MAX) && data_start(grown as u32) < ps {
                 new_n = grown as u32;
             }
         }
@@ -938,6 +940,28 @@ mod tests {
         let plan = p.plan_expunge(EXPUNGE_ALL, -1, 1066).unwrap().unwrap();
         p.apply_expunge(&plan);
         assert_eq!((p.num_slots(), p.free_data()), (359, 1468));
+        assert!(p.validate(&hash_ok).is_ok());
+    }
+
+    /// SPEC 2.8: a write-back cache of one 4096-byte page, 100 sets of 'keyN' => 100 bytes,
+    /// writes back 83 entries (each set evicts through a mode-2 expunge first).
+    #[test]
+    fn small_page_churn_evicts_like_upstream() {
+        let mut b = page(4096, 89);
+        let mut p = Page::new(&mut b);
+        let val = "x".repeat(100);
+        let mut evicted = 0;
+        for i in 1..=100u32 {
+            let key = format!("key{i}");
+            let len = (key.len() + val.len()) as i64;
+            if let Some(plan) = p.plan_expunge(EXPUNGE_LRU, len, 1000 + i).unwrap() {
+                evicted += plan.evict.len();
+                p.apply_expunge(&plan);
+            }
+            assert_eq!(put(&mut p, &key, &val, 1000 + i), Stored::Yes, "set {i}");
+        }
+        assert_eq!(evicted, 83);
+        assert_eq!(p.items().unwrap().len(), 100 - 83);
         assert!(p.validate(&hash_ok).is_ok());
     }
 
