@@ -22,7 +22,7 @@ pub const FC_UNDEF: u32 = 1 << 29;
 /// Item flag: the key had Perl's UTF-8 flag (set by the XS layer).
 pub const FC_UTF8KEY: u32 = 1 << 30;
 /// Item flag: the value had Perl's UTF-8 flag (set by the XS layer).
-pub const FC_UTF8VAL: u32 = 1 << 31;
+pub const FC_UTF8VAL: u32 = 0x8000_0000;
 
 const _: () = assert!(
     FC_ISDIRTY == page::FLAG_ISDIRTY
@@ -133,6 +133,13 @@ fn put<T>(out: *mut T, v: T) {
     if let Some(o) = unsafe { out.as_mut() } {
         *o = v;
     }
+}
+
+/// Called once when the XS module is loaded: makes a caught panic silent (its message
+/// reaches the user through `fc_last_error` and a croak instead of on stderr).
+#[no_mangle]
+pub extern "C" fn fc_library_init() {
+    let _ = catch_unwind(|| std::panic::set_hook(Box::new(|_| {})));
 }
 
 /// A new handle with upstream's default parameters. NULL only if memory ran out.
