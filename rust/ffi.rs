@@ -486,6 +486,12 @@ pub extern "C" fn fc_set_time_override(t: u32) {
     time::set_override(t);
 }
 
+/// The engine's clock in seconds: the process-wide override when set, else the time.
+#[no_mangle]
+pub extern "C" fn fc_now() -> u32 {
+    time::now()
+}
+
 /// How many pages this handle has found corrupt and repaired.
 ///
 /// # Safety

@@ -340,6 +340,19 @@ fn map_file(file: &File, layout: &Layout, shown: &str) -> Result<MmapRaw> {
 /// Sizes an empty file and writes the header, lock table and empty pages.
 fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     let size = layout.file_size as libc::off_t;
+    // Refuse up front what cannot fit: reserving it would fill the filesystem (for every
+    // other process too) before failing.
+    // SAFETY: statvfs is plain data; fd is open.
+    let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut vfs) } == 0 {
+        let avail = u64::from(vfs.f_bavail).saturating_mul(u64::from(vfs.f_frsize));
+        if vfs.f_frsize > 0 && layout.file_size > avail {
+            return Err(Error::new(format!(
+                "Create of share file {shown} failed: a {}-byte cache does not fit in the {avail} bytes free on its filesystem",
+                layout.file_size
+            )));
+        }
+    }
     // Reserve the blocks now: a full disk is an error here, not a SIGBUS later.
     // SAFETY: fd is open for writing.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) };

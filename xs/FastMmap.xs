@@ -27,8 +27,32 @@
 #include "fastmmap.h"
 
 /* The handle stored in $self->{Cache}: a blessed reference to an IV that
- * holds the FcCache pointer (0 once closed). */
+ * holds an FcxHandle pointer (0 once closed).  Besides the engine handle it
+ * keeps what the Perl layer decided at construction for the one-call fast
+ * paths (see fc_set_policy and the FAST PATHS section). */
+typedef struct {
+    FcCache *c;
+    U32 policy;     /* FCX_FAST_* bits: which methods may skip the Perl layer */
+    U32 dirty;      /* FC_ISDIRTY in write_back mode, else 0 */
+    SV *ser;        /* code refs (owned) or NULL */
+    SV *deser;
+    SV *comp;
+    SV *uncomp;
+} FcxHandle;
+
 typedef FcCache *FcObj;
+
+/* Fast-path policy bits, set by the Perl layer through fc_set_policy. */
+#define FCX_FAST_GET    0x01   /* no read_cb */
+#define FCX_FAST_SET    0x02   /* no write_cb */
+#define FCX_FAST_REMOVE 0x04   /* no delete_cb */
+#define FCX_FAST_GAS    0x08   /* get_and_set: no read_cb and no write_cb */
+#define FCX_FAST_MSET   0x10   /* multi_set: no write-back callback */
+#define FCX_FAST_OTHER  0x20   /* exists, multi_get: nothing to call back */
+
+#ifndef G_LIST
+#define G_LIST G_ARRAY
+#endif
 
 #define FCX_HANDLE_CLASS "Cache::FastMmap::Handle"
 
@@ -46,22 +70,41 @@ typedef FcCache *FcObj;
  * exactly as in the reference implementation). */
 #define FCX_STRIP_KEYS (FCX_UTF8KEY | FCX_HASMODSEQ)
 
-/* Turn $h into the engine pointer or croak with the reference's messages. */
-static FcCache *
-fcx_handle(pTHX_ SV *obj)
+/* Turn $h into its FcxHandle or croak with the reference's messages. */
+static FcxHandle *
+fcx_xhandle(pTHX_ SV *obj)
 {
     SV *inner;
-    FcCache *c;
+    FcxHandle *x;
 
     if (!SvROK(obj))
         croak("%s", "Object not reference");
     inner = SvRV(obj);
     if (!SvIOK(inner))
         croak("%s", "Object not initialised correctly");
-    c = INT2PTR(FcCache *, SvIVX(inner));
-    if (!c)
+    x = INT2PTR(FcxHandle *, SvIVX(inner));
+    if (!x)
         croak("%s", "Object not created correctly");
-    return c;
+    return x;
+}
+
+/* The engine pointer of $h (typemap FcObj). */
+static FcCache *
+fcx_handle(pTHX_ SV *obj)
+{
+    return fcx_xhandle(aTHX_ obj)->c;
+}
+
+/* Frees a handle: the engine side and the policy's code refs. */
+static void
+fcx_free(pTHX_ FcxHandle *x)
+{
+    fc_close(x->c);
+    SvREFCNT_dec(x->ser);
+    SvREFCNT_dec(x->deser);
+    SvREFCNT_dec(x->comp);
+    SvREFCNT_dec(x->uncomp);
+    Safefree(x);
 }
 
 /* Croak with the engine's last error.  Only called after the engine returned. */
@@ -160,6 +203,236 @@ fcx_modseq(pTHX_ SV *sv, uint64_t *out)
     return 1;
 }
 
+/* ------------------------------------------------------------------------
+ * FAST PATHS
+ *
+ * get, set, exists, remove, get_and_set, multi_get and multi_set are XS
+ * methods.  When the cache has no callback that the call could need (the
+ * policy bits set by the Perl layer at construction) and the arguments are
+ * the plain ones, each does hash + lock + work + unlock in this one call.
+ * Anything else is handed, with the original arguments, to the Perl
+ * implementation (_get_general, _set_general, ...), which keeps the full
+ * upstream semantics.  Serializers and compressors are called from here.
+ * ---------------------------------------------------------------------- */
+
+static U32 fcx_cache_key_hash;   /* PERL_HASH of "Cache", computed at BOOT */
+
+/* $self->{Cache}'s handle, or NULL when anything is unusual (the general
+ * path then reports it the upstream way). */
+static FcxHandle *
+fcx_self(pTHX_ SV *self)
+{
+    SV **svp, *h, *inner;
+    if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV || SvRMAGICAL(SvRV(self)))
+        return NULL;
+    svp = (SV **)hv_common_key_len((HV *)SvRV(self), "Cache", 5, HV_FETCH_JUST_SV,
+                                   NULL, fcx_cache_key_hash);
+    if (!svp)
+        return NULL;
+    h = *svp;
+    if (!SvROK(h))
+        return NULL;
+    inner = SvRV(h);
+    if (!SvIOK(inner))
+        return NULL;
+    return INT2PTR(FcxHandle *, SvIVX(inner));
+}
+
+/* Re-dispatch the current XSUB's arguments to a Perl sub of this package and
+ * return its results as ours. */
+#define FCX_DELEGATE(subname) STMT_START {                                  \
+    CV *fcx_cv = get_cv("Cache::FastMmap::" subname, 0);                    \
+    I32 fcx_n;                                                              \
+    if (!fcx_cv)                                                            \
+        croak("%s", "Cache::FastMmap::" subname " is missing");            \
+    PL_stack_sp = PL_stack_base + ax + items - 1;                           \
+    PUSHMARK(PL_stack_base + ax - 1);                                       \
+    fcx_n = call_sv((SV *)fcx_cv, GIMME_V);                                 \
+    XSRETURN(fcx_n);                                                        \
+} STMT_END
+
+/* Croak with the engine's error after releasing the page lock. */
+static void
+fcx_fail_unlock(pTHX_ FcCache *c)
+{
+    const char *msg = fc_last_error(c);
+    SV *err = sv_2mortal(newSVpv((msg && *msg) ? msg : "Unknown error", 0));
+    fc_unlock(c);
+    fcx_warnings(aTHX_ c);
+    croak("%s", SvPV_nolen(err));
+}
+
+/* Calls code->(arg) in scalar context and returns a mortal copy of the
+ * result.  With trap, a die is caught (the caller's $@ is left alone) and
+ * returned in *err (mortal) with NULL as the result, so that the caller can
+ * unlock first; without trap, a die simply propagates (no lock held). */
+static SV *
+fcx_call1(pTHX_ SV *code, SV *arg, int trap, SV **err)
+{
+    dSP;
+    SV *ret = NULL, *e = NULL;
+    I32 n;
+
+    ENTER;
+    SAVETMPS;
+    if (trap)
+        save_scalar(PL_errgv);          /* local $@ */
+    PUSHMARK(SP);
+    XPUSHs(arg);
+    PUTBACK;
+    n = call_sv(code, G_SCALAR | (trap ? G_EVAL : 0));
+    SPAGAIN;
+    if (trap && SvTRUE(ERRSV)) {
+        e = newSVsv(ERRSV);
+        SP -= n;
+    }
+    else {
+        ret = n > 0 ? newSVsv(POPs) : newSV(0);
+    }
+    PUTBACK;
+    FREETMPS;
+    LEAVE;
+    /* Mortal only now: the FREETMPS above must not free what we return. */
+    if (e)
+        *err = sv_2mortal(e);
+    return ret ? sv_2mortal(ret) : NULL;
+}
+
+/* serialize(\$value) then compress: the bytes to store (mortal or value). */
+static SV *
+fcx_freeze(pTHX_ FcxHandle *x, SV *value, int trap, SV **err)
+{
+    SV *v = value;
+    if (x->ser) {
+        v = fcx_call1(aTHX_ x->ser, sv_2mortal(newRV_inc(value)), trap, err);
+        if (!v)
+            return NULL;
+    }
+    if (x->comp) {
+        v = fcx_call1(aTHX_ x->comp, v, trap, err);
+        if (!v)
+            return NULL;
+    }
+    return v;
+}
+
+/* Reverse of fcx_freeze for a defined stored value (mortal). */
+static SV *
+fcx_thaw(pTHX_ FcxHandle *x, SV *stored, int trap, SV **err)
+{
+    SV *v = stored;
+    if (x->uncomp) {
+        v = fcx_call1(aTHX_ x->uncomp, v, trap, err);
+        if (!v)
+            return NULL;
+    }
+    if (x->deser) {
+        v = fcx_call1(aTHX_ x->deser, v, trap, err);
+        if (!v)
+            return NULL;
+        if (!SvROK(v) || SvTYPE(SvRV(v)) >= SVt_PVAV) {
+            SV *e = sv_2mortal(newSVpvs("Not a SCALAR reference"));
+            if (!trap)
+                croak_sv(e);
+            *err = e;
+            return NULL;
+        }
+        v = sv_2mortal(newSVsv(SvRV(v)));
+    }
+    return v;
+}
+
+/* parse_expire_time($spec, $base) for a plain scalar (SPEC 1.3). */
+static U32
+fcx_expire_on(pTHX_ SV *spec, U32 base)
+{
+    STRLEN len, i = 0;
+    const char *s;
+    UV n = 0, unit = 1;
+    int digits = 0;
+
+    if (!SvTRUE(spec))
+        return base;                    /* '' / 0 / undef: offset 0 */
+    s = SvPV(spec, len);
+    if (len == 5 && memEQ(s, "never", 5))
+        return 0;
+    if (len == 3 && memEQ(s, "now", 3))
+        return base;
+    while (i < len && s[i] >= '0' && s[i] <= '9') {
+        n = n * 10 + (UV)(s[i] - '0');
+        if (n > 0xFFFFFFFFUL)
+            n = 0xFFFFFFFFUL;
+        i++;
+        digits = 1;
+    }
+    if (!digits)
+        return base;
+    while (i < len && isSPACE(s[i]))
+        i++;
+    if (i < len) {
+        switch (s[i] | 0x20) {
+        case 'm': unit = 60; break;
+        case 'h': unit = 3600; break;
+        case 'd': unit = 86400; break;
+        case 'w': unit = 604800; break;
+        default: unit = 1; break;
+        }
+    }
+    return (U32)(n * unit + base);
+}
+
+/* Stores key => stored bytes in the locked page (expunging first like
+ * upstream's set).  Returns the engine's 1/0/-1; croaks (unlocking) on an
+ * engine error. */
+static int32_t
+fcx_store(pTHX_ FcxHandle *x, const char *k, STRLEN klen, int kutf8,
+          uint32_t slot, SV *stored, U32 expire_on, U32 flags)
+{
+    STRLEN vlen = 0;
+    const char *v = "";
+    int32_t result = 0;
+    size_t n = 0;
+
+    if (stored && SvOK(stored)) {
+        v = SvPV(stored, vlen);
+        if (SvUTF8(stored))
+            flags |= FCX_UTF8VAL;
+        if (kutf8)
+            flags |= FCX_UTF8KEY;
+    }
+    else {
+        flags |= FCX_UNDEF;
+    }
+    if (fc_expunge(x->c, 2, 0, (int64_t)(klen + vlen), &n) != 0
+        || fc_write(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
+                    expire_on, flags, 0, 0, &result) != 0)
+        fcx_fail_unlock(aTHX_ x->c);
+    return result;
+}
+
+/* Looks key up in the locked page: a mortal copy of the stored value (not
+ * thawed), or NULL on a miss.  Croaks (unlocking) on an engine error. */
+static SV *
+fcx_lookup(pTHX_ FcxHandle *x, uint32_t slot, const char *k, STRLEN klen, FcReadResult *r)
+{
+    if (fc_read(x->c, slot, (const uint8_t *)k, klen, r) != 0)
+        fcx_fail_unlock(aTHX_ x->c);
+    if (!r->found)
+        return NULL;
+    return sv_2mortal(fcx_value(aTHX_ r->val, r->val_len, r->flags));
+}
+
+/* Hashes and locks the page of key; croaks on a lock error (nothing held). */
+static uint32_t
+fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
+{
+    uint32_t page = 0, slot = 0;
+    fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
+    if (fc_lock(x->c, page) != 0)
+        fcx_done(aTHX_ x->c, -1);
+    return slot;
+}
+
 MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap
 
 PROTOTYPES: ENABLE
@@ -167,16 +440,20 @@ PROTOTYPES: ENABLE
 BOOT:
     /* A caught engine panic reaches the user as a croak; keep stderr quiet. */
     fc_library_init();
+    PERL_HASH(fcx_cache_key_hash, "Cache", 5);
 
 SV *
 fc_new()
   PREINIT:
-    FcCache *c;
+    FcxHandle *x;
   CODE:
-    c = fc_new();
-    if (!c)
+    Newxz(x, 1, FcxHandle);
+    x->c = fc_new();
+    if (!x->c) {
+        Safefree(x);
         croak("%s", "Cache::FastMmap: out of memory creating the cache handle");
-    RETVAL = sv_bless(newRV_noinc(newSViv(PTR2IV(c))),
+    }
+    RETVAL = sv_bless(newRV_noinc(newSViv(PTR2IV(x))),
                       gv_stashpv(FCX_HANDLE_CLASS, GV_ADD));
   OUTPUT:
     RETVAL
@@ -204,12 +481,12 @@ void
 fc_close(obj)
     SV *obj
   PREINIT:
-    FcCache *c;
+    FcxHandle *x;
   CODE:
-    c = fcx_handle(aTHX_ obj);
+    x = fcx_xhandle(aTHX_ obj);
     /* Zero the IV first: any later use croaks instead of touching freed memory. */
     sv_setiv(SvRV(obj), 0);
-    fc_close(c);
+    fcx_free(aTHX_ x);
 
 void
 fc_hash(h, key)
@@ -444,6 +721,434 @@ fc_repaired_pages(h)
     RETVAL
 
 
+MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap
+
+PROTOTYPES: DISABLE
+
+void
+fc_set_policy(h, policy, dirty, ser, deser, comp, uncomp)
+    SV *h
+    U32 policy
+    U32 dirty
+    SV *ser
+    SV *deser
+    SV *comp
+    SV *uncomp
+  PREINIT:
+    FcxHandle *x;
+  CODE:
+    /* Called once by new(): which methods may take the fast path, and the
+     * serializer/compressor code refs they call (undef for none). */
+    x = fcx_xhandle(aTHX_ h);
+    x->policy = policy;
+    x->dirty = dirty ? (U32)FC_ISDIRTY : 0;
+#define FCX_KEEP(slot, sv) STMT_START { \
+        SvREFCNT_dec(x->slot); \
+        x->slot = SvOK(sv) ? newSVsv(sv) : NULL; \
+    } STMT_END
+    FCX_KEEP(ser, ser);
+    FCX_KEEP(deser, deser);
+    FCX_KEEP(comp, comp);
+    FCX_KEEP(uncomp, uncomp);
+#undef FCX_KEEP
+
+void
+get(self, ...)
+    SV *self
+  PREINIT:
+    SV *key;
+    FcxHandle *x;
+    STRLEN klen;
+    const char *k;
+    uint32_t slot;
+    FcReadResult r;
+    SV *val;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items != 2 || !x || !(x->policy & FCX_FAST_GET))
+        FCX_DELEGATE("_get_general");
+    key = ST(1);
+    k = SvPV(key, klen);
+    slot = fcx_lock_key(aTHX_ x, k, klen);
+    if (!x->uncomp && !x->deser) {
+        /* Raw values: copied once, from the page into our pad target (no new
+         * SV head, and its buffer is reused from call to call). */
+        dXSTARG;
+        if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
+            fcx_fail_unlock(aTHX_ x->c);
+        if (r.found && !(r.flags & FCX_UNDEF)) {
+            sv_setpvn(TARG, r.val_len ? (const char *)r.val : "", (STRLEN)r.val_len);
+            if (r.flags & FCX_UTF8VAL)
+                SvUTF8_on(TARG);
+            else
+                SvUTF8_off(TARG);
+            val = TARG;
+        }
+        else {
+            val = &PL_sv_undef;
+        }
+        fc_unlock(x->c);
+        fcx_warnings(aTHX_ x->c);
+        PUSHs(val);
+        XSRETURN(1);
+    }
+    val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    if (val && SvOK(val))
+        val = fcx_thaw(aTHX_ x, val, 0, NULL);
+    PUSHs(val ? val : &PL_sv_undef);
+
+void
+exists(self, ...)
+    SV *self
+  PREINIT:
+    SV *key;
+    FcxHandle *x;
+    STRLEN klen;
+    const char *k;
+    uint32_t slot;
+    FcReadResult r;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items != 2 || !x || !(x->policy & FCX_FAST_OTHER))
+        FCX_DELEGATE("_exists_general");
+    key = ST(1);
+    k = SvPV(key, klen);
+    slot = fcx_lock_key(aTHX_ x, k, klen);
+    if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
+        fcx_fail_unlock(aTHX_ x->c);
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    mPUSHi(r.found ? 1 : 0);
+
+void
+set(self, ...)
+    SV *self
+  PREINIT:
+    SV *key, *value;
+    FcxHandle *x;
+    STRLEN klen;
+    const char *k;
+    uint32_t slot;
+    U32 expire_on = 0xFFFFFFFFU;
+    SV *stored;
+    int32_t result;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_SET)
+        || (items == 4 && SvROK(ST(3))))
+        FCX_DELEGATE("_set_general");
+    key = ST(1);
+    value = ST(2);
+    if (items == 4 && SvOK(ST(3)))
+        expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
+    /* Serialize before locking: a serializer that dies holds no lock. */
+    stored = fcx_freeze(aTHX_ x, value, 0, NULL);
+    k = SvPV(key, klen);
+    slot = fcx_lock_key(aTHX_ x, k, klen);
+    result = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, stored,
+                       expire_on, x->dirty);
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    mPUSHi(result == 1 ? 1 : 0);
+
+void
+remove(self, ...)
+    SV *self
+  PREINIT:
+    SV *key;
+    FcxHandle *x;
+    STRLEN klen;
+    const char *k;
+    uint32_t slot, fl = 0;
+    int32_t did = 0;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items != 2 || !x || !(x->policy & FCX_FAST_REMOVE))
+        FCX_DELEGATE("_remove_general");
+    key = ST(1);
+    k = SvPV(key, klen);
+    slot = fcx_lock_key(aTHX_ x, k, klen);
+    if (fc_delete(x->c, slot, (const uint8_t *)k, klen, &did, &fl) != 0)
+        fcx_fail_unlock(aTHX_ x->c);
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    mPUSHi(did ? 1 : 0);
+
+void
+get_and_set(self, ...)
+    SV *self
+  PREINIT:
+    SV *key, *code;
+    FcxHandle *x;
+    STRLEN klen;
+    const char *k;
+    uint32_t slot;
+    FcReadResult r;
+    SV *val, *err = NULL, *newval, *setopts, *optsref;
+    HV *opts;
+    I32 n;
+    int32_t stored = 0;
+    U8 gimme;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items != 3 || !x || !(x->policy & FCX_FAST_GAS))
+        FCX_DELEGATE("_get_and_set_general");
+    key = ST(1);
+    code = ST(2);
+    gimme = GIMME_V;
+    k = SvPV(key, klen);
+    slot = fcx_lock_key(aTHX_ x, k, klen);
+    val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
+    if (val && SvOK(val) && (x->uncomp || x->deser)) {
+        val = fcx_thaw(aTHX_ x, val, 1, &err);
+        if (!val) {
+            fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+            croak_sv(err);
+        }
+    }
+    if (!val)
+        val = sv_newmortal();
+    opts = newHV();
+    optsref = sv_2mortal(newRV_noinc((SV *)opts));
+    if (r.found)
+        (void)hv_stores(opts, "expire_on", newSVuv((UV)r.expire_on));
+    if (r.has_modseq)
+        (void)hv_stores(opts, "modseq", newSVuv((UV)r.modseq));
+
+    /* $code->($key, $value, \%opts) in list context, dies trapped so the
+     * page can be unlocked first; the caller's $@ stays untouched.  What we
+     * keep is copied before FREETMPS and made mortal only after LEAVE. */
+    newval = setopts = NULL;
+    {
+        dSP;
+        ENTER;
+        SAVETMPS;
+        save_scalar(PL_errgv);
+        PUSHMARK(SP);
+        EXTEND(SP, 3);
+        PUSHs(key);
+        PUSHs(val);
+        PUSHs(optsref);
+        PUTBACK;
+        n = call_sv(code, G_LIST | G_EVAL);
+        SPAGAIN;
+        if (SvTRUE(ERRSV)) {
+            err = newSVsv(ERRSV);
+            n = -1;
+        }
+        else {
+            if (n > 0)
+                newval = newSVsv(*(SP - n + 1));
+            if (n > 1)
+                setopts = newSVsv(*(SP - n + 2));
+            SP -= n;
+        }
+        PUTBACK;
+        FREETMPS;
+        LEAVE;
+    }
+    if (err)
+        sv_2mortal(err);
+    if (newval)
+        sv_2mortal(newval);
+    if (setopts)
+        sv_2mortal(setopts);
+    if (n < 0) {
+        fc_unlock(x->c);
+        fcx_warnings(aTHX_ x->c);
+        croak_sv(err);
+    }
+    if (n > 0) {
+        if (setopts && SvOK(setopts)
+            && (!SvROK(setopts) || SvTYPE(SvRV(setopts)) != SVt_PVHV)) {
+            fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+            croak("%s", "get_and_set callback options must be a hash reference");
+        }
+        if (setopts && SvOK(setopts) && HvUSEDKEYS((HV *)SvRV(setopts))) {
+            /* Options (expiry, modseq): the Perl set() takes over the lock. */
+            HV *o = newHV();
+            HE *he;
+            SV *oref = sv_2mortal(newRV_noinc((SV *)o));
+            HV *src = (HV *)SvRV(setopts);
+            hv_iterinit(src);
+            while ((he = hv_iternext(src)))
+                (void)hv_store_ent(o, hv_iterkeysv(he), newSVsv(hv_iterval(src, he)), 0);
+            (void)hv_stores(o, "_locked", newSViv(1));
+            {
+                dSP;
+                ENTER;
+                SAVETMPS;
+                save_scalar(PL_errgv);
+                PUSHMARK(SP);
+                EXTEND(SP, 4);
+                PUSHs(self);
+                PUSHs(key);
+                PUSHs(newval);
+                PUSHs(oref);
+                PUTBACK;
+                n = call_pv("Cache::FastMmap::_set_general", G_SCALAR | G_EVAL);
+                SPAGAIN;
+                if (SvTRUE(ERRSV)) {
+                    err = newSVsv(ERRSV);
+                    SP -= n;
+                }
+                else {
+                    SV *ret = n > 0 ? POPs : &PL_sv_undef;
+                    stored = (int32_t)SvIV(ret);
+                }
+                PUTBACK;
+                FREETMPS;
+                LEAVE;
+            }
+            if (err)
+                sv_2mortal(err);
+            if (fc_is_locked(x->c))
+                fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+            if (err)
+                croak_sv(err);
+        }
+        else {
+            SV *bytes = fcx_freeze(aTHX_ x, newval, 1, &err);
+            if (!bytes) {
+                fc_unlock(x->c);
+                fcx_warnings(aTHX_ x->c);
+                croak_sv(err);
+            }
+            stored = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, bytes,
+                               0xFFFFFFFFU, x->dirty) == 1 ? 1 : 0;
+            fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+        }
+        val = newval;
+    }
+    else {
+        fc_unlock(x->c);
+        fcx_warnings(aTHX_ x->c);
+    }
+    PUSHs(val);
+    if (gimme == G_LIST)
+        mXPUSHi(stored ? 1 : 0);
+
+void
+multi_get(self, ...)
+    SV *self
+  PREINIT:
+    SV *pagekey, *keys;
+    FcxHandle *x;
+    STRLEN plen, klen;
+    const char *p, *k;
+    uint32_t page = 0, slot = 0;
+    AV *av, *raw;
+    HV *found;
+    SSize_t i, last;
+    FcReadResult r;
+    SV *full, *val, *err = NULL;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !SvROK(ST(2))
+        || SvTYPE(SvRV(ST(2))) != SVt_PVAV || SvRMAGICAL(SvRV(ST(2))))
+        FCX_DELEGATE("_multi_get_general");
+    pagekey = ST(1);
+    keys = ST(2);
+    av = (AV *)SvRV(keys);
+    p = SvPV(pagekey, plen);
+    fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
+    found = newHV();
+    sv_2mortal((SV *)found);
+    raw = (AV *)sv_2mortal((SV *)newAV());
+    if (fc_lock(x->c, page) != 0)
+        fcx_done(aTHX_ x->c, -1);
+    last = av_len(av);
+    for (i = 0; i <= last; i++) {
+        SV **ep = av_fetch(av, i, 0);
+        SV *ks = ep ? *ep : &PL_sv_undef;
+        /* "$PageKey-$Key", with Perl's own concatenation rules. */
+        full = sv_2mortal(newSVsv(pagekey));
+        sv_catpvs(full, "-");
+        sv_catsv(full, ks);
+        k = SvPV(full, klen);
+        fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
+        val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
+        if (val) {
+            av_push(raw, newSVsv(ks));
+            av_push(raw, SvREFCNT_inc_simple_NN(val));
+        }
+    }
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    last = av_len(raw);
+    for (i = 0; i < last; i += 2) {
+        SV *ks = *av_fetch(raw, i, 0);
+        val = *av_fetch(raw, i + 1, 0);
+        if (SvOK(val) && (x->uncomp || x->deser))
+            val = fcx_thaw(aTHX_ x, val, 0, &err);
+        (void)hv_store_ent(found, ks, newSVsv(val), 0);
+    }
+    mPUSHs(newRV_inc((SV *)found));
+
+void
+multi_set(self, ...)
+    SV *self
+  PREINIT:
+    SV *pagekey, *kvs;
+    FcxHandle *x;
+    STRLEN plen, klen;
+    const char *p, *k;
+    uint32_t page = 0, slot = 0;
+    U32 expire_on = 0xFFFFFFFFU;
+    HV *hv;
+    HE *he;
+    SV *full, *bytes, *err = NULL;
+  PPCODE:
+    x = fcx_self(aTHX_ self);
+    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_MSET) || !SvROK(ST(2))
+        || SvTYPE(SvRV(ST(2))) != SVt_PVHV || SvRMAGICAL(SvRV(ST(2)))
+        || (items == 4 && SvROK(ST(3))))
+        FCX_DELEGATE("_multi_set_general");
+    pagekey = ST(1);
+    kvs = ST(2);
+    if (items == 4 && SvOK(ST(3)))
+        expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
+    hv = (HV *)SvRV(kvs);
+    p = SvPV(pagekey, plen);
+    fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
+    if (fc_lock(x->c, page) != 0)
+        fcx_done(aTHX_ x->c, -1);
+    hv_iterinit(hv);
+    while ((he = hv_iternext(hv))) {
+        SV *ks = hv_iterkeysv(he);
+        full = sv_2mortal(newSVsv(pagekey));
+        sv_catpvs(full, "-");
+        sv_catsv(full, ks);
+        /* As upstream: serialized under the lock; a die stops part-way,
+         * keeping the entries already written. */
+        bytes = fcx_freeze(aTHX_ x, hv_iterval(hv, he), 1, &err);
+        if (!bytes) {
+            fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+            croak_sv(err);
+        }
+        k = SvPV(full, klen);
+        fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
+        (void)fcx_store(aTHX_ x, k, klen, SvUTF8(full) ? 1 : 0, slot, bytes, expire_on, 0);
+    }
+    fc_unlock(x->c);
+    fcx_warnings(aTHX_ x->c);
+    mPUSHi(1);
+
+void
+_xs_noop(...)
+  PPCODE:
+    /* The floor for benchmarks: one XS method call doing nothing. */
+    PERL_UNUSED_VAR(items);
+    XSRETURN_EMPTY;
+
+
 MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap::Handle
 
 PROTOTYPES: DISABLE
@@ -453,16 +1158,16 @@ DESTROY(obj)
     SV *obj
   PREINIT:
     SV *inner;
-    FcCache *c;
+    FcxHandle *x;
   CODE:
     /* Never croaks: frees the engine side even if the Perl layer's own
      * cleanup never ran (die in new, global destruction, ...). */
     if (SvROK(obj)) {
         inner = SvRV(obj);
         if (SvIOK(inner) && SvIVX(inner)) {
-            c = INT2PTR(FcCache *, SvIVX(inner));
+            x = INT2PTR(FcxHandle *, SvIVX(inner));
             sv_setiv(inner, 0);
-            fc_close(c);
+            fcx_free(aTHX_ x);
         }
     }
 

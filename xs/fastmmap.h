@@ -301,6 +301,11 @@ int fc_reset_page_details(struct FcCache *c);
 void fc_set_time_override(uint32_t t);
 
 /**
+ * The engine's clock in seconds: the process-wide override when set, else the time.
+ */
+uint32_t fc_now(void);
+
+/**
  * How many pages this handle has found corrupt and repaired.
  *
  * # Safety

@@ -325,6 +325,20 @@ sub new {
   fc_set_param($Cache, 'enable_stats', $enable_stats);
   fc_init($Cache);
 
+  # The fast paths (one XS call per get/set/...; see xs/FastMmap.xs) apply
+  # only where no callback could be needed; everything else runs the
+  # _*_general methods below.  Callbacks, serializers and compressors are
+  # therefore fixed when the object is built.
+  my $Policy = 0x20;                                          # exists, multi_get
+  $Policy |= 0x01 unless $Self->{read_cb};                    # get
+  $Policy |= 0x02 unless $Self->{write_cb};                   # set
+  $Policy |= 0x04 unless $Self->{delete_cb};                  # remove
+  $Policy |= 0x08 unless $Self->{read_cb} || $Self->{write_cb};   # get_and_set
+  $Policy |= 0x10 unless $write_back && $Self->{write_cb};    # multi_set
+  fc_set_policy($Cache, $Policy, $write_back ? 1 : 0,
+    $Self->{serialize}, $Self->{deserialize},
+    ($Self->{compress} ? ($Self->{compress}, $Self->{uncompress}) : (undef, undef)));
+
   if ($empty_on_exit) {
     Scalar::Util::weaken($LiveCaches{"$Self"} = $Self);
   }
@@ -336,7 +350,7 @@ sub new {
 # Reading
 #----------------------------------------------------------------------------
 
-sub get {
+sub _get_general {
   my ($Self, $Key, $Opts) = @_;
   $Opts = undef unless ref $Opts && Scalar::Util::reftype($Opts) eq 'HASH';
   my $Cache = $Self->{Cache};
@@ -418,7 +432,7 @@ sub get {
   return $Val;
 }
 
-sub exists {
+sub _exists_general {
   my ($Self, $Key) = @_;
   my $Cache = $Self->{Cache};
 
@@ -441,7 +455,7 @@ sub exists {
 # Writing
 #----------------------------------------------------------------------------
 
-sub set {
+sub _set_general {
   my ($Self, $Key) = ($_[0], $_[1]);
   my $ValueRef = \$_[2];
   my $Opts = defined $_[3] ? (ref $_[3] ? $_[3] : { expire_time => $_[3] }) : undef;
@@ -487,12 +501,12 @@ sub set {
   return $Stored == 1 ? 1 : 0;
 }
 
-sub get_and_set {
+sub _get_and_set_general {
   my ($Self, $Key, $Sub) = @_;
   my $Cache = $Self->{Cache};
 
   # Leaves the page locked on success; unlocks itself on failure.
-  my ($Value, undef, $GetOpts) = $Self->get($Key, { skip_unlock => 1 });
+  my ($Value, undef, $GetOpts) = $Self->_get_general($Key, { skip_unlock => 1 });
 
   my ($DidStore, $Ok, $Err) = (0);
   {
@@ -505,7 +519,7 @@ sub get_and_set {
         die "get_and_set callback options must be a hash reference"
           if defined $SetOpts && ref($SetOpts) ne 'HASH';
         # set() takes over the lock and always releases it.
-        $DidStore = $Self->set($Key, $Value, { _locked => 1, ($SetOpts ? %$SetOpts : ()) });
+        $DidStore = $Self->_set_general($Key, $Value, { _locked => 1, ($SetOpts ? %$SetOpts : ()) });
       }
       1;
     };
@@ -517,7 +531,7 @@ sub get_and_set {
   return wantarray ? ($Value, $DidStore) : $Value;
 }
 
-sub remove {
+sub _remove_general {
   my ($Self, $Key, $Opts) = @_;
   $Opts = undef unless ref $Opts && Scalar::Util::reftype($Opts) eq 'HASH';
 
@@ -576,12 +590,12 @@ sub get_and_remove {
   my ($Self, $Key) = @_;
   my $Cache = $Self->{Cache};
 
-  my ($Value) = $Self->get($Key, { skip_unlock => 1 });
+  my ($Value) = $Self->_get_general($Key, { skip_unlock => 1 });
 
   my ($DidDel, $Ok, $Err);
   {
     local $@;
-    $Ok = eval { $DidDel = $Self->remove($Key, { _locked => 1 }); 1 };
+    $Ok = eval { $DidDel = $Self->_remove_general($Key, { _locked => 1 }); 1 };
     $Err = $@ unless $Ok;
   }
   fc_unlock($Cache) if fc_is_locked($Cache);
@@ -688,7 +702,7 @@ sub repaired_pages {
 # Multi-key operations within one page
 #----------------------------------------------------------------------------
 
-sub multi_get {
+sub _multi_get_general {
   my ($Self, $PageKey, $Keys) = @_;
   my $Cache = $Self->{Cache};
 
@@ -716,7 +730,7 @@ sub multi_get {
   return \%Found;
 }
 
-sub multi_set {
+sub _multi_set_general {
   my ($Self, $PageKey, $KVs) = @_;
   my $Opts = defined $_[3] ? (ref $_[3] ? $_[3] : { expire_time => $_[3] }) : undef;
   my $ExpireOn = _expire_on_from($Opts);
@@ -1594,6 +1608,20 @@ update, or a file damaged on disk) is repaired: the entries that still check
 out are kept, the rest are dropped, a warning naming the page and the file is
 issued once, and the page is counted in L<repaired_pages()|/"repaired_pages()">.  A damaged file
 can lose cached data but cannot crash the process.
+
+=item Callbacks and serializers are fixed at construction
+
+C<get>, C<set>, C<exists>, C<remove>, C<get_and_set>, C<multi_get> and
+C<multi_set> run as a single call into the engine whenever the cache has no
+callback they could need.  Which of them may do so, and which serializer and
+compressor they use, is decided by C<new>.  Changing C<< $cache->{read_cb} >>,
+C<< $cache->{serialize} >> and the like on a live object is not supported;
+create the object with the callbacks it needs.  (C<context> may still be
+changed: it is read on every callback.)
+
+A serializer is called before the page is locked, rather than while it is
+locked as in 1.63, so a serializer that uses the cache itself does not
+deadlock.
 
 =item Additions
 
