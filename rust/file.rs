@@ -345,6 +345,8 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     // SAFETY: statvfs is plain data; fd is open.
     let mut vfs: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut vfs) } == 0 {
+        // The fields are u32 on some 32-bit targets, hence the conversions.
+        #[allow(clippy::useless_conversion)]
         let avail = u64::from(vfs.f_bavail).saturating_mul(u64::from(vfs.f_frsize));
         if vfs.f_frsize > 0 && layout.file_size > avail {
             return Err(Error::new(format!(
