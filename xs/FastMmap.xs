@@ -422,6 +422,20 @@ fcx_lookup(pTHX_ FcxHandle *x, uint32_t slot, const char *k, STRLEN klen, FcRead
     return sv_2mortal(fcx_value(aTHX_ r->val, r->val_len, r->flags));
 }
 
+/* multi_get/multi_set's "$PageKey-$Key" as the Perl layer builds it under
+ * "use bytes": the raw bytes of both, never flagged UTF-8 (mortal). */
+static SV *
+fcx_multi_key(pTHX_ const char *p, STRLEN plen, SV *key)
+{
+    STRLEN klen;
+    const char *k = SvPV(key, klen);
+    SV *full = sv_2mortal(newSV(plen + klen + 2));
+    sv_setpvn(full, p, plen);
+    sv_catpvn(full, "-", 1);
+    sv_catpvn(full, k, klen);
+    return full;
+}
+
 /* Hashes and locks the page of key; croaks on a lock error (nothing held). */
 static uint32_t
 fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
@@ -1067,10 +1081,7 @@ multi_get(self, ...)
     for (i = 0; i <= last; i++) {
         SV **ep = av_fetch(av, i, 0);
         SV *ks = ep ? *ep : &PL_sv_undef;
-        /* "$PageKey-$Key", with Perl's own concatenation rules. */
-        full = sv_2mortal(newSVsv(pagekey));
-        sv_catpvs(full, "-");
-        sv_catsv(full, ks);
+        full = fcx_multi_key(aTHX_ p, plen, ks);
         k = SvPV(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
         val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
@@ -1122,9 +1133,7 @@ multi_set(self, ...)
     hv_iterinit(hv);
     while ((he = hv_iternext(hv))) {
         SV *ks = hv_iterkeysv(he);
-        full = sv_2mortal(newSVsv(pagekey));
-        sv_catpvs(full, "-");
-        sv_catsv(full, ks);
+        full = fcx_multi_key(aTHX_ p, plen, ks);
         /* As upstream: serialized under the lock; a die stops part-way,
          * keeping the entries already written. */
         bytes = fcx_freeze(aTHX_ x, hv_iterval(hv, he), 1, &err);
@@ -1135,7 +1144,7 @@ multi_set(self, ...)
         }
         k = SvPV(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
-        (void)fcx_store(aTHX_ x, k, klen, SvUTF8(full) ? 1 : 0, slot, bytes, expire_on, 0);
+        (void)fcx_store(aTHX_ x, k, klen, 0, slot, bytes, expire_on, 0);
     }
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
