@@ -498,13 +498,6 @@ impl<'a> Page<'a> {
         if u64::from(self.free_bytes()) < len {
             return Ok(Stored::NoSpace);
         }
-        let reused_deleted = match old {
-            Some(_) => {
-                self.mark_deleted(slot);
-                true
-            }
-            None => self.slot(slot) == SLOT_DELETED,
-        };
         let expire_on = if new.expire_on == u32::MAX {
             if default_expire != 0 {
                 now.wrapping_add(default_expire)
@@ -514,6 +507,9 @@ impl<'a> Page<'a> {
         } else {
             new.expire_on
         };
+        // Order matters for a writer killed part-way: the new item is written and
+        // allocated first, then one slot store makes it visible, so the old value stays
+        // readable until that store; the slot counters come last.
         let off = self.free_data() as usize;
         self.wr(off + I_LAST_ACCESS, now);
         self.wr(off + I_EXPIRE_ON, expire_on);
@@ -529,17 +525,21 @@ impl<'a> Page<'a> {
             p += MODSEQ_LEN;
         }
         self.b[p..p + val.len()].copy_from_slice(val);
-        self.set_slot(slot, off as u32);
-        let fs = self.free_slots() - 1;
-        self.wr(H_FREE_SLOTS, fs);
-        if reused_deleted {
-            let os = self.old_slots() - 1;
-            self.wr(H_OLD_SLOTS, os);
-        }
         let fd = self.free_data() + len as u32;
         let fb = self.free_bytes() - len as u32;
         self.wr(H_FREE_DATA, fd);
         self.wr(H_FREE_BYTES, fb);
+        let was_deleted = self.slot(slot) == SLOT_DELETED;
+        self.set_slot(slot, off as u32);
+        if old.is_none() {
+            // A previously free slot is now used (an overwrite keeps the counts).
+            let fs = self.free_slots() - 1;
+            self.wr(H_FREE_SLOTS, fs);
+            if was_deleted {
+                let os = self.old_slots() - 1;
+                self.wr(H_OLD_SLOTS, os);
+            }
+        }
         Ok(Stored::Yes)
     }
 
