@@ -17,6 +17,8 @@ use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+#[cfg(test)]
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
@@ -195,6 +197,7 @@ impl MappedFile {
         let mut replace = init_file;
         for _ in 0..OPEN_ATTEMPTS {
             if replace {
+                refuse_special(path)?;
                 build_and_install(path, &layout, permissions, Install::Replace)?;
                 replace = false;
             }
@@ -268,6 +271,21 @@ impl MappedFile {
         Err(Error::new(format!(
             "Open of share file {shown} failed: it kept changing under us (other processes replacing it?)"
         )))
+    }
+}
+
+/// Replacing renames a new file over the path: never do that to anything but a regular
+/// file (a device such as /dev/null, a FIFO, a socket, a directory, or a symbolic link).
+fn refuse_special(path: &Path) -> Result<()> {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::new(format!(
+            "Open of share file {shown} failed: it is a symbolic link, which is not followed"
+        ))),
+        Ok(m) if !m.is_file() => Err(Error::new(format!(
+            "Open of share file {shown} failed: not a regular file"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -549,6 +567,24 @@ mod tests {
         let b = MappedFile::open(&p, l, false, 0o600).unwrap();
         assert_eq!(b.ino, ino1, "an empty file is initialised in place");
         assert_eq!(std::fs::metadata(&p).unwrap().len(), l.file_size);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn init_file_never_replaces_a_special_file() {
+        let d = tmpdir("special");
+        let fifo = d.join("fifo");
+        let c = cpath(&fifo).unwrap();
+        // SAFETY: c is a valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = MappedFile::open(&fifo, Layout::new(geo()).unwrap(), true, 0o600)
+            .err()
+            .unwrap();
+        assert!(err.message().contains("not a regular file"), "{err}");
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
