@@ -393,8 +393,10 @@ fcx_store(pTHX_ FcxHandle *x, const char *k, STRLEN klen, int kutf8,
     int32_t result = 0;
     size_t n = 0;
 
+    if (stored)
+        SvGETMAGIC(stored);     /* tied values, $1, substr lvalues, ... */
     if (stored && SvOK(stored)) {
-        v = SvPV(stored, vlen);
+        v = SvPV_nomg(stored, vlen);
         if (SvUTF8(stored))
             flags |= FCX_UTF8VAL;
         if (kutf8)
