@@ -277,6 +277,13 @@ sub new {
     $page_size = RoundPow2($page_size);
   }
   $cache_size = $num_pages * $page_size;
+  # Deliberate deviation: a page count the engine cannot address is an error
+  # naming the option the user gave, not a wrapped-around number.
+  if ($num_pages > 4294967295) {
+    my $Opt = $Args{cache_size} ? 'cache_size' : 'num_pages';
+    Carp::croak("Cache::FastMmap: invalid $Opt '$Args{$Opt}': gives $num_pages pages,"
+      . " more than the maximum of 4294967295");
+  }
   @$Self{qw(cache_size num_pages page_size)} = ($cache_size, $num_pages, $page_size);
 
   # -- start_slots
