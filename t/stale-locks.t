@@ -1,0 +1,225 @@
+#!perl
+# Stale lock words and "being mutated" markers left in a CLOSED file, as a
+# reboot leaves them on a persistent disk (issue 5 item 4, DESIGN 3-4): the
+# first opener, the sole user of the file, re-initialises every lock word,
+# so it never blocks; a page whose marker is still set is validated (and
+# repaired if needed) the first time it is locked. A second opener while the
+# file is in use must NOT reset the lock words.
+#
+# A "reboot" is simulated by SIGKILLing a process that holds a page lock,
+# then putting its (dead) thread id back into the lock word in place of the
+# owner-died mark the kernel wrote at its exit: after a crash of the whole
+# machine nobody writes that mark, and the word names a dead owner forever
+# (a plain pthread_mutex_lock on it would block for good).
+use strict;
+use warnings;
+use lib 't/lib';
+use FMTest;
+use Test::More;
+use IO::Select;
+use Storable ();
+
+my $HEADER = 4096;
+my %GEOM = (num_pages => 4, page_size => 8192);
+my $PAGES_OFF = $HEADER + 4096 * int(($GEOM{num_pages} * 64 + 4095) / 4096);
+my $FUTEX_OWNER_DIED = 0x40000000;
+
+sub value_for { my ($k, $g) = @_; "$k=$g=" . unpack('%32C*', "$k$g") }
+
+sub rw_u32 {
+    my ($file, $off, $new) = @_;
+    open my $fh, '+<:raw', $file or die "$file: $!";
+    sysseek($fh, $off, 0) or die;
+    sysread($fh, my $b, 4) == 4 or die "short read";
+    my $old = unpack 'L', $b;
+    if (defined $new) {
+        sysseek($fh, $off, 0) or die;
+        syswrite($fh, pack('L', $new)) == 4 or die "short write";
+    }
+    close $fh;
+    return $old;
+}
+
+sub wait_for_byte {
+    my ($fh, $timeout) = @_;
+    return undef unless IO::Select->new($fh)->can_read($timeout);
+    my $n = sysread($fh, my $b, 1);
+    return $n ? $b : undef;
+}
+
+sub new_cache {
+    my ($file, %o) = @_;
+    return Cache::FastMmap->new(share_file => $file, %GEOM, serializer => '',
+                                unlink_on_exit => 0, %o);
+}
+
+# Builds a closed file with 60 keys and one page whose lock word names a
+# dead owner; returns (page, key on it). $mark: also set its marker.
+sub stale_file {
+    my ($file, $mark, $damage) = @_;
+    my ($page, @keys);
+    {
+        my $c = new_cache($file);
+        $c->set("k$_", value_for("k$_", 0)) for 1 .. 60;
+        ($page) = Cache::FastMmap::fc_hash($c->{Cache}, 'k1');
+    }
+    pipe(my $r, my $w) or die;
+    my $pid = FMTest::fork_child(60, sub {
+        close $r;
+        my $c = new_cache($file);
+        $c->get_and_set('k1', sub { syswrite($w, 'L'); sleep 1 while 1; 'never' });
+        return 9;
+    });
+    close $w;
+    my $got = wait_for_byte($r, 30);
+    kill 'KILL', $pid;
+    my $st = FMTest::wait_children(30, $pid);
+    die "victim did not take the lock" unless ($got // '') eq 'L';
+    die "victim not killed" unless FMTest::describe_status($st->{$pid}) eq 'signal 9';
+    # every process has now closed the file. Make the lock word look like
+    # it does after a reboot: locked by a dead thread (glibc: the futex word
+    # at offset 0 and the owner at offset 8 hold the owner's thread id).
+    my $entry = $HEADER + 64 * $page;
+    my $word = rw_u32($file, $entry, $pid);
+    rw_u32($file, $entry + 8, $pid);
+    rw_u32($file, $entry + 56, 1) if $mark;
+    if ($damage) {
+        # a torn update: the free slot count off by one (only a full
+        # validation of the page notices)
+        my $o = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+        rw_u32($file, $o, rw_u32($file, $o) - 1);
+    }
+    return ($page, $word);
+}
+
+my $report = FMTest::tmpdir() . '/report';
+sub fresh_open {
+    my ($file) = @_;
+    unlink $report;
+    my $st = FMTest::run_in_child(20, sub {
+        my @w;
+        local $SIG{__WARN__} = sub { push @w, $_[0] };
+        my $c = new_cache($file);
+        my @bad = grep { ($c->get("k$_") // '') ne value_for("k$_", 0) } 1 .. 60;
+        my $n = $c->get_and_set('k1', sub { 'again' });
+        Storable::nstore({ bad => \@bad, warnings => \@w, repaired => $c->repaired_pages,
+                           k1 => $c->get('k1') }, $report);
+        return 0;
+    });
+    return ($st, -e $report ? Storable::retrieve($report) : undef);
+}
+
+for my $case (['stale lock word', 0, 0], ['stale lock word + marker', 1, 0],
+              ['stale lock word + marker + torn page', 1, 1]) {
+    my ($name, $mark, $damage) = @$case;
+    my $file = FMTest::share_file('stale');
+    my ($page, $word) = stale_file($file, $mark, $damage);
+    ok($word & $FUTEX_OWNER_DIED, "$name: the kernel had marked the lock owner-dead");
+    my $ino = (stat $file)[1];
+    my ($st, $r) = fresh_open($file);
+    is(FMTest::describe_status($st), 'exit 0', "$name: a fresh opener does not block (alarm-bounded)")
+        or next;
+    is((stat $file)[1], $ino, "$name: same file (not replaced)");
+    is($r->{k1}, 'again', "$name: the stale page is usable");
+    if ($damage) {
+        is($r->{repaired}, 1, "$name: the marked page was validated and repaired");
+        is(scalar @{ $r->{warnings} }, 1, "$name: one warning");
+        like($r->{warnings}[0] // '', qr/^page $page of \Q$file\E reinitialised: \S/,
+             "$name: documented warning");
+    }
+    else {
+        is_deeply($r->{bad}, [], "$name: every value intact");
+        is($r->{repaired}, 0, "$name: nothing repaired");
+        is_deeply($r->{warnings}, [], "$name: no warnings");
+    }
+    is(rw_u32($file, $HEADER + 64 * $page + 56), 0, "$name: marker clear afterwards");
+}
+
+# Control: the simulated stale word really blocks when the opener is NOT
+# the sole user (a shared liveness lock held by someone else, as a live
+# process would hold it): then nothing may be reset, and the page blocks.
+SKIP: {
+    skip 'OFD locks are Linux-only', 1 unless $^O eq 'linux';
+    my $file = FMTest::share_file('control');
+    my ($page) = stale_file($file, 0, 0);
+    open my $fh, '<', $file or die "$file: $!";
+    my $F_OFD_SETLK = 37;
+    my $fl = pack('s s x4 q q i x4', 0 ,0, 0, 1, 0);   # F_RDLCK on byte 0
+    skip "cannot take an OFD lock: $!", 1 unless fcntl($fh, $F_OFD_SETLK, $fl);
+    my $st = FMTest::run_in_child(3, sub { new_cache($file)->get('k1'); 0 });
+    is(FMTest::describe_status($st), 'signal 14',
+       'control: with another user present the stale lock is kept (the get blocks until the alarm)');
+    close $fh;
+}
+
+# The marker alone (lock words fine): validated on first lock, not at open
+# (without test_file) -- and a valid page is left alone.
+{
+    my $file = FMTest::share_file('marker');
+    my $page;
+    {
+        my $c = new_cache($file);
+        $c->set("k$_", value_for("k$_", 0)) for 1 .. 60;
+        ($page) = Cache::FastMmap::fc_hash($c->{Cache}, 'k1');
+    }
+    my $o = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+    rw_u32($file, $o, rw_u32($file, $o) - 1);   # damage only validation sees
+    my $ctl = FMTest::share_file('ctl');        # the same damage, no marker
+    {
+        my $c = new_cache($ctl);
+        $c->set("k$_", value_for("k$_", 0)) for 1 .. 60;
+    }
+    my $o2 = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+    rw_u32($ctl, $o2, rw_u32($ctl, $o2) - 1);
+    rw_u32($file, $HEADER + 64 * $page + 56, 1);
+    my ($st, $r) = fresh_open($file);
+    is(FMTest::describe_status($st), 'exit 0', 'marker only: fresh opener fine');
+    is($r->{repaired}, 1, 'marker only: the marked page got a full validation and was repaired');
+    like($r->{warnings}[0] // '', qr/^page $page of \Q$file\E reinitialised: .*half-modified/,
+         'marker only: the warning says the page was left half-modified');
+}
+
+# While another process has the file open, a new opener must not reset the
+# lock words: a lock held by a live process still excludes it.
+{
+    my $file = FMTest::share_file('live');
+    my $c = new_cache($file);
+    $c->set('n', 10);
+    undef $c;
+    pipe(my $r, my $w) or die;
+    pipe(my $go_r, my $go_w) or die;
+    my $holder = FMTest::fork_child(60, sub {
+        close $r; close $go_w;
+        my $h = new_cache($file);
+        $h->get_and_set('n', sub {
+            syswrite($w, 'L');
+            sysread($go_r, my $x, 1);   # until the parent says go (or EOF)
+            $_[1] + 1;
+        });
+        return 0;
+    });
+    close $w; close $go_r;
+    is(wait_for_byte($r, 30), 'L', 'live holder has the page lock');
+    pipe(my $dr, my $dw) or die;
+    my $second = FMTest::fork_child(60, sub {
+        close $dr;
+        my $s = new_cache($file);      # not the sole user: must not re-init
+        my $v = $s->get_and_set('n', sub { $_[1] + 1 });
+        syswrite($dw, "$v\n");
+        return 0;
+    });
+    close $dw;
+    # the second opener's increment must wait for the holder's
+    my $early = IO::Select->new($dr)->can_read(1) ? 'finished while the lock was held' : 'waiting';
+    syswrite($go_w, 'g');
+    close $go_w;
+    my $st = FMTest::wait_children(40, $holder, $second);
+    is(FMTest::describe_status($st->{$_}), 'exit 0', "process $_ finished") for $holder, $second;
+    my $line = <$dr>;
+    is($early, 'waiting', 'second opener was excluded by the live lock');
+    chomp($line) if defined $line;
+    is($line, 12, 'no lost update: the lock words were not reset under a live user');
+    is(new_cache($file)->get('n'), 12, 'final value 12');
+}
+
+done_testing;
