@@ -1637,6 +1637,34 @@ new.
 
 =back
 
+=head1 EXAMPLES
+
+The distribution's F<eg/> directory has short, working programs:
+
+=over 4
+
+=item F<eg/demo.pl>
+
+A parent creates a cache and forks workers that share it.
+
+=item F<eg/modperl/startup.pl> and F<eg/modperl/Handler.pm>
+
+mod_perl 2 under Apache's prefork MPM: the cache is created in the Apache
+parent (C<PerlPostConfigRequire>), before the children are forked.
+
+=item F<eg/netserver.pl>
+
+A L<Net::Server::PreFork> server that creates the cache in C<pre_loop_hook>.
+
+=item F<eg/starman.psgi>
+
+A PSGI application for L<Starman> started with C<--preload-app>, so the
+workers share a cache created by the master.
+
+=back
+
+The tests in F<xt/> run each of them for real.
+
 =head1 SEE ALSO
 
 L<CHI>, which can use this module as a driver; L<Cache::Cache>;
