@@ -25,7 +25,17 @@ our $VERSION = '2.00';
 our $IMPLEMENTATION = 'rust';
 
 require XSLoader;
-XSLoader::load('Cache::FastMmap', $VERSION);
+{
+  # Loaded from a source checkout (prove -l t): the XS object is the one
+  # `make` built in that checkout's blib/, never an installed copy.
+  local @INC = @INC;
+  if (__FILE__ =~ m{\A(?:(.*)[/\\])?lib[/\\]Cache[/\\]FastMmap\.pm\z}s) {
+    my $Arch = File::Spec->catdir(defined $1 ? $1 : File::Spec->curdir, 'blib', 'arch');
+    unshift @INC, $Arch
+      if -d File::Spec->catdir($Arch, qw(auto Cache FastMmap));
+  }
+  XSLoader::load('Cache::FastMmap', $VERSION);
+}
 
 # Caches created with empty_on_exit, keyed by "$Self"; the values are weak
 # references (see new, DESTROY and END).
