@@ -215,27 +215,28 @@ fcx_modseq(pTHX_ SV *sv, uint64_t *out)
  * upstream semantics.  Serializers and compressors are called from here.
  * ---------------------------------------------------------------------- */
 
-static U32 fcx_cache_key_hash;   /* PERL_HASH of "Cache", computed at BOOT */
+/* Identifies the magic, attached to each cache object's hash by new()
+ * (fc_attach), that points at the object's handle: reaching the handle costs
+ * a walk of a one-element magic chain instead of a hash lookup. */
+static MGVTBL fcx_obj_vtbl;
 
-/* $self->{Cache}'s handle, or NULL when anything is unusual (the general
- * path then reports it the upstream way). */
+/* The object's handle, or NULL when anything is unusual (no magic: a copied
+ * or half-built object; a closed handle): the general path then reports it
+ * the upstream way. */
 static FcxHandle *
 fcx_self(pTHX_ SV *self)
 {
-    SV **svp, *h, *inner;
-    if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV || SvRMAGICAL(SvRV(self)))
+    MAGIC *mg;
+    SV *inner;
+    if (!SvROK(self) || !SvMAGICAL(SvRV(self)))
         return NULL;
-    svp = (SV **)hv_common_key_len((HV *)SvRV(self), "Cache", 5, HV_FETCH_JUST_SV,
-                                   NULL, fcx_cache_key_hash);
-    if (!svp)
-        return NULL;
-    h = *svp;
-    if (!SvROK(h))
-        return NULL;
-    inner = SvRV(h);
-    if (!SvIOK(inner))
-        return NULL;
-    return INT2PTR(FcxHandle *, SvIVX(inner));
+    for (mg = SvMAGIC(SvRV(self)); mg; mg = mg->mg_moremagic) {
+        if (mg->mg_type == PERL_MAGIC_ext && mg->mg_virtual == &fcx_obj_vtbl) {
+            inner = mg->mg_obj;
+            return SvIOK(inner) ? INT2PTR(FcxHandle *, SvIVX(inner)) : NULL;
+        }
+    }
+    return NULL;
 }
 
 /* Re-dispatch the current XSUB's arguments to a Perl sub of this package and
@@ -456,7 +457,6 @@ PROTOTYPES: ENABLE
 BOOT:
     /* A caught engine panic reaches the user as a croak; keep stderr quiet. */
     fc_library_init();
-    PERL_HASH(fcx_cache_key_hash, "Cache", 5);
 
 SV *
 fc_new()
@@ -767,6 +767,19 @@ fc_set_policy(h, policy, dirty, ser, deser, comp, uncomp)
     FCX_KEEP(comp, comp);
     FCX_KEEP(uncomp, uncomp);
 #undef FCX_KEEP
+
+void
+fc_attach(self, h)
+    SV *self
+    SV *h
+  CODE:
+    /* Lets the fast paths find $self's handle (see fcx_self); the magic holds
+     * a reference to the handle's IV, which fc_close zeroes. */
+    (void)fcx_xhandle(aTHX_ h);
+    if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV)
+        croak("%s", "fc_attach: not a cache object");
+    if (!fcx_self(aTHX_ self))
+        sv_magicext(SvRV(self), SvRV(h), PERL_MAGIC_ext, &fcx_obj_vtbl, NULL, 0);
 
 void
 get(self, ...)

@@ -355,6 +355,7 @@ sub new {
   fc_set_policy($Cache, $Policy, $write_back ? 1 : 0,
     $Self->{serialize}, $Self->{deserialize},
     ($Self->{compress} ? ($Self->{compress}, $Self->{uncompress}) : (undef, undef)));
+  fc_attach($Self, $Cache);
 
   if ($empty_on_exit) {
     Scalar::Util::weaken($LiveCaches{"$Self"} = $Self);
