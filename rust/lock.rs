@@ -25,6 +25,11 @@ const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= DIRTY_OFF);
 /// with another layout is replaced instead of misused.
 pub const MUTEX_SIZE: u32 = size_of::<libc::pthread_mutex_t>() as u32;
 
+/// Non-blocking attempts before a waiter sleeps on the lock.
+const SPIN_ATTEMPTS: u32 = 30;
+/// The pause between attempts doubles up to 2^SPIN_MAX_SHIFT spin-loop hints.
+const SPIN_MAX_SHIFT: u32 = 4;
+
 /// How a lock attempt ended when it succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
@@ -90,6 +95,22 @@ pub unsafe fn init(entry: *mut u8) -> Result<()> {
 /// `entry` points at an initialised lock table entry in a live mapping.
 pub unsafe fn lock(entry: *mut u8, page: u32, timeout: Option<Duration>) -> Result<Acquired> {
     let m = mutex(entry);
+    // Page locks are held for well under a microsecond on the common paths, while sleeping
+    // on the futex costs two system calls and a context switch: a waiter first retries for
+    // a few microseconds (the holder is running on another core), with growing pauses.
+    for attempt in 0..SPIN_ATTEMPTS {
+        match libc::pthread_mutex_trylock(m) {
+            0 => return Ok(Acquired::Clean),
+            libc::EOWNERDEAD => return Ok(Acquired::OwnerDied),
+            libc::EBUSY => {
+                for _ in 0..(1u32 << attempt.min(SPIN_MAX_SHIFT)) {
+                    std::hint::spin_loop();
+                }
+            }
+            // Anything else (EDEADLK, ENOTRECOVERABLE...) is reported by the blocking call.
+            _ => break,
+        }
+    }
     let rc = match timeout {
         None => libc::pthread_mutex_lock(m),
         Some(t) => {
