@@ -38,6 +38,11 @@ typedef struct {
     SV *deser;
     SV *comp;
     SV *uncomp;
+    SV *gas_opts;   /* get_and_set's options hash ref, reused when unshared */
+    GV *deser_flags; /* Storable's mretrieve: pass $Storable::flags, as thaw does */
+    U32 busy;       /* fast paths running Perl code with this handle (see FCX_GUARD) */
+    U32 closed;     /* closed while busy: the last guard frees it */
+    U32 unlock_on_unwind;  /* a die through the guard must release the page lock */
 } FcxHandle;
 
 typedef FcCache *FcObj;
@@ -95,15 +100,23 @@ fcx_handle(pTHX_ SV *obj)
     return fcx_xhandle(aTHX_ obj)->c;
 }
 
-/* Frees a handle: the engine side and the policy's code refs. */
+/* Frees a handle: the engine side and the policy's code refs.  While a fast
+ * path is running Perl code with it (a serializer or callback that closes the
+ * cache), it is only marked closed and the fast path frees it on the way
+ * out. */
 static void
 fcx_free(pTHX_ FcxHandle *x)
 {
+    if (x->busy) {
+        x->closed = 1;
+        return;
+    }
     fc_close(x->c);
     SvREFCNT_dec(x->ser);
     SvREFCNT_dec(x->deser);
     SvREFCNT_dec(x->comp);
     SvREFCNT_dec(x->uncomp);
+    SvREFCNT_dec(x->gas_opts);
     Safefree(x);
 }
 
@@ -263,81 +276,95 @@ fcx_fail_unlock(pTHX_ FcCache *c)
     croak("%s", SvPV_nolen(err));
 }
 
-/* Calls code->(arg) in scalar context and returns a mortal copy of the
- * result.  With trap, a die is caught (the caller's $@ is left alone) and
- * returned in *err (mortal) with NULL as the result, so that the caller can
- * unlock first; without trap, a die simply propagates (no lock held). */
-static SV *
-fcx_call1(pTHX_ SV *code, SV *arg, int trap, SV **err)
+/* FCX_GUARD: while a fast path runs Perl code (serializers, the get_and_set
+ * callback, __WARN__ handlers) the handle is marked busy, so a close from
+ * that code cannot free it under us, and a die unwinding through the guard
+ * releases the page lock when unlock_on_unwind is set.  No G_EVAL is needed,
+ * so $@ is untouched on success and errors propagate as they are. */
+static void
+fcx_guard_end(pTHX_ void *p)
 {
-    dSP;
-    SV *ret = NULL, *e = NULL;
-    I32 n;
-
-    ENTER;
-    SAVETMPS;
-    if (trap)
-        save_scalar(PL_errgv);          /* local $@ */
-    PUSHMARK(SP);
-    XPUSHs(arg);
-    PUTBACK;
-    n = call_sv(code, G_SCALAR | (trap ? G_EVAL : 0));
-    SPAGAIN;
-    if (trap && SvTRUE(ERRSV)) {
-        e = newSVsv(ERRSV);
-        SP -= n;
+    FcxHandle *x = (FcxHandle *)p;
+    if (x->unlock_on_unwind) {
+        x->unlock_on_unwind = 0;
+        fc_unlock(x->c);
     }
-    else {
-        ret = n > 0 ? newSVsv(POPs) : newSV(0);
+    if (--x->busy == 0 && x->closed) {
+        x->closed = 0;
+        fcx_free(aTHX_ x);
     }
-    PUTBACK;
-    FREETMPS;
-    LEAVE;
-    /* Mortal only now: the FREETMPS above must not free what we return. */
-    if (e)
-        *err = sv_2mortal(e);
-    return ret ? sv_2mortal(ret) : NULL;
 }
 
-/* serialize(\$value) then compress: the bytes to store (mortal or value). */
+#define FCX_GUARD_BEGIN(x) STMT_START {                 \
+    ENTER;                                              \
+    (x)->busy++;                                        \
+    SAVEDESTRUCTOR_X(fcx_guard_end, (void *)(x));       \
+} STMT_END
+#define FCX_GUARD_END() LEAVE
+
+/* After Perl code ran inside a guard: was the cache closed meanwhile? */
+#define FCX_CHECK_OPEN(x) STMT_START {                                  \
+    if ((x)->closed)                                                    \
+        croak("%s", "Cache::FastMmap: the cache was closed by a callback"); \
+} STMT_END
+
+/* Calls code->(arg[, arg2]) in scalar context and returns a mortal copy of
+ * the result.  A die propagates (inside a guard when a lock is held). */
 static SV *
-fcx_freeze(pTHX_ FcxHandle *x, SV *value, int trap, SV **err)
+fcx_call2(pTHX_ SV *code, SV *arg, SV *arg2)
 {
+    dSP;
+    SV *ret;
+    I32 n;
+
+    PUSHMARK(SP);
+    EXTEND(SP, 2);
+    PUSHs(arg);
+    if (arg2)
+        PUSHs(arg2);
+    PUTBACK;
+    n = call_sv(code, G_SCALAR);
+    SPAGAIN;
+    ret = sv_2mortal(n > 0 ? newSVsv(POPs) : newSV(0));
+    PUTBACK;
+    return ret;
+}
+
+#define fcx_call1(code, arg) fcx_call2(aTHX_ (code), (arg), NULL)
+
+/* serialize(\$value) then compress: the bytes to store (mortal or value).
+ * The code refs are taken before any call, which may close the cache. */
+static SV *
+fcx_freeze(pTHX_ FcxHandle *x, SV *value)
+{
+    SV *ser = x->ser, *comp = x->comp;
     SV *v = value;
-    if (x->ser) {
-        v = fcx_call1(aTHX_ x->ser, sv_2mortal(newRV_inc(value)), trap, err);
-        if (!v)
-            return NULL;
+    if (ser) {
+        v = fcx_call1(ser, sv_2mortal(newRV_inc(value)));
+        FCX_CHECK_OPEN(x);
     }
-    if (x->comp) {
-        v = fcx_call1(aTHX_ x->comp, v, trap, err);
-        if (!v)
-            return NULL;
+    if (comp) {
+        v = fcx_call1(comp, v);
+        FCX_CHECK_OPEN(x);
     }
     return v;
 }
 
 /* Reverse of fcx_freeze for a defined stored value (mortal). */
 static SV *
-fcx_thaw(pTHX_ FcxHandle *x, SV *stored, int trap, SV **err)
+fcx_thaw(pTHX_ FcxHandle *x, SV *stored)
 {
+    SV *deser = x->deser, *uncomp = x->uncomp;
     SV *v = stored;
-    if (x->uncomp) {
-        v = fcx_call1(aTHX_ x->uncomp, v, trap, err);
-        if (!v)
-            return NULL;
+    if (uncomp) {
+        v = fcx_call1(uncomp, v);
+        FCX_CHECK_OPEN(x);
     }
-    if (x->deser) {
-        v = fcx_call1(aTHX_ x->deser, v, trap, err);
-        if (!v)
-            return NULL;
-        if (!SvROK(v) || SvTYPE(SvRV(v)) >= SVt_PVAV) {
-            SV *e = sv_2mortal(newSVpvs("Not a SCALAR reference"));
-            if (!trap)
-                croak_sv(e);
-            *err = e;
-            return NULL;
-        }
+    if (deser) {
+        v = fcx_call2(aTHX_ deser, v, x->deser_flags ? GvSV(x->deser_flags) : NULL);
+        FCX_CHECK_OPEN(x);
+        if (!SvROK(v) || SvTYPE(SvRV(v)) >= SVt_PVAV)
+            croak("%s", "Not a SCALAR reference");
         v = sv_2mortal(newSVsv(SvRV(v)));
     }
     return v;
@@ -742,6 +769,17 @@ MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap
 PROTOTYPES: DISABLE
 
 void
+fc_set_storable_flags(h)
+    SV *h
+  PREINIT:
+    FcxHandle *x;
+  CODE:
+    /* The deserializer is Storable's mretrieve: give it $Storable::flags
+     * (read at each call, so a local() change is honoured), as thaw does. */
+    x = fcx_xhandle(aTHX_ h);
+    x->deser_flags = gv_fetchpvs("Storable::flags", GV_ADD, SVt_PV);
+
+void
 fc_set_policy(h, policy, dirty, ser, deser, comp, uncomp)
     SV *h
     U32 policy
@@ -823,9 +861,11 @@ get(self, ...)
     }
     val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
     fc_unlock(x->c);
+    FCX_GUARD_BEGIN(x);
     fcx_warnings(aTHX_ x->c);
     if (val && SvOK(val))
-        val = fcx_thaw(aTHX_ x, val, 0, NULL);
+        val = fcx_thaw(aTHX_ x, val);
+    FCX_GUARD_END();
     PUSHs(val ? val : &PL_sv_undef);
 
 void
@@ -872,14 +912,16 @@ set(self, ...)
     value = ST(2);
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
+    FCX_GUARD_BEGIN(x);
     /* Serialize before locking: a serializer that dies holds no lock. */
-    stored = fcx_freeze(aTHX_ x, value, 0, NULL);
+    stored = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, value) : value;
     k = SvPV(key, klen);
     slot = fcx_lock_key(aTHX_ x, k, klen);
     result = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, stored,
                        expire_on, x->dirty);
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
+    FCX_GUARD_END();
     mPUSHi(result == 1 ? 1 : 0);
 
 void
@@ -928,77 +970,64 @@ get_and_set(self, ...)
     code = ST(2);
     gimme = GIMME_V;
     k = SvPV(key, klen);
+    FCX_GUARD_BEGIN(x);
     slot = fcx_lock_key(aTHX_ x, k, klen);
+    /* From here until the page is released, a die (deserializer, callback,
+     * serializer, bad options) unlocks the page on its way out. */
+    x->unlock_on_unwind = 1;
     val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
-    if (val && SvOK(val) && (x->uncomp || x->deser)) {
-        val = fcx_thaw(aTHX_ x, val, 1, &err);
-        if (!val) {
-            fc_unlock(x->c);
-            fcx_warnings(aTHX_ x->c);
-            croak_sv(err);
-        }
-    }
+    if (val && SvOK(val) && (x->uncomp || x->deser))
+        val = fcx_thaw(aTHX_ x, val);
     if (!val)
         val = sv_newmortal();
-    opts = newHV();
-    optsref = sv_2mortal(newRV_noinc((SV *)opts));
+    /* The callback's third argument.  The hash is reused from call to call
+     * when the last callback kept no reference to it. */
+    if (x->gas_opts && SvREFCNT(x->gas_opts) == 1
+        && SvREFCNT(SvRV(x->gas_opts)) == 1 && !SvMAGICAL(SvRV(x->gas_opts))
+        && !SvOBJECT(SvRV(x->gas_opts))
+        && SvTYPE(SvRV(x->gas_opts)) == SVt_PVHV) {
+        opts = (HV *)SvRV(x->gas_opts);
+        hv_clear(opts);
+    }
+    else {
+        SvREFCNT_dec(x->gas_opts);
+        opts = newHV();
+        x->gas_opts = newRV_noinc((SV *)opts);
+    }
+    optsref = sv_2mortal(SvREFCNT_inc_simple_NN(x->gas_opts));
     if (r.found)
         (void)hv_stores(opts, "expire_on", newSVuv((UV)r.expire_on));
     if (r.has_modseq)
         (void)hv_stores(opts, "modseq", newSVuv((UV)r.modseq));
 
-    /* $code->($key, $value, \%opts) in list context, dies trapped so the
-     * page can be unlocked first; the caller's $@ stays untouched.  What we
-     * keep is copied before FREETMPS and made mortal only after LEAVE. */
+    /* @new = $code->($key, $value, \%opts) */
     newval = setopts = NULL;
     {
         dSP;
-        ENTER;
-        SAVETMPS;
-        save_scalar(PL_errgv);
         PUSHMARK(SP);
         EXTEND(SP, 3);
         PUSHs(key);
         PUSHs(val);
         PUSHs(optsref);
         PUTBACK;
-        n = call_sv(code, G_LIST | G_EVAL);
+        n = call_sv(code, G_LIST);
         SPAGAIN;
-        if (SvTRUE(ERRSV)) {
-            err = newSVsv(ERRSV);
-            n = -1;
-        }
-        else {
-            if (n > 0)
-                newval = newSVsv(*(SP - n + 1));
-            if (n > 1)
-                setopts = newSVsv(*(SP - n + 2));
-            SP -= n;
-        }
+        /* Return values are already temporaries: keep them alive, no copy. */
+        if (n > 0)
+            newval = sv_2mortal(SvREFCNT_inc_simple_NN(*(SP - n + 1)));
+        if (n > 1)
+            setopts = sv_2mortal(SvREFCNT_inc_simple_NN(*(SP - n + 2)));
+        SP -= n;
         PUTBACK;
-        FREETMPS;
-        LEAVE;
     }
-    if (err)
-        sv_2mortal(err);
-    if (newval)
-        sv_2mortal(newval);
-    if (setopts)
-        sv_2mortal(setopts);
-    if (n < 0) {
-        fc_unlock(x->c);
-        fcx_warnings(aTHX_ x->c);
-        croak_sv(err);
-    }
+    FCX_CHECK_OPEN(x);
     if (n > 0) {
         if (setopts && SvOK(setopts)
-            && (!SvROK(setopts) || SvTYPE(SvRV(setopts)) != SVt_PVHV)) {
-            fc_unlock(x->c);
-            fcx_warnings(aTHX_ x->c);
+            && (!SvROK(setopts) || SvTYPE(SvRV(setopts)) != SVt_PVHV))
             croak("%s", "get_and_set callback options must be a hash reference");
-        }
         if (setopts && SvOK(setopts) && HvUSEDKEYS((HV *)SvRV(setopts))) {
-            /* Options (expiry, modseq): the Perl set() takes over the lock. */
+            /* Options (expiry, modseq): the Perl set() takes over the lock
+             * and always releases it. */
             HV *o = newHV();
             HE *he;
             SV *oref = sv_2mortal(newRV_noinc((SV *)o));
@@ -1009,9 +1038,7 @@ get_and_set(self, ...)
             (void)hv_stores(o, "_locked", newSViv(1));
             {
                 dSP;
-                ENTER;
-                SAVETMPS;
-                save_scalar(PL_errgv);
+                SV *ret;
                 PUSHMARK(SP);
                 EXTEND(SP, 4);
                 PUSHs(self);
@@ -1019,46 +1046,32 @@ get_and_set(self, ...)
                 PUSHs(newval);
                 PUSHs(oref);
                 PUTBACK;
-                n = call_pv("Cache::FastMmap::_set_general", G_SCALAR | G_EVAL);
+                n = call_pv("Cache::FastMmap::_set_general", G_SCALAR);
                 SPAGAIN;
-                if (SvTRUE(ERRSV)) {
-                    err = newSVsv(ERRSV);
-                    SP -= n;
-                }
-                else {
-                    SV *ret = n > 0 ? POPs : &PL_sv_undef;
-                    stored = (int32_t)SvIV(ret);
-                }
+                ret = n > 0 ? POPs : &PL_sv_undef;
+                stored = (int32_t)SvIV(ret);
                 PUTBACK;
-                FREETMPS;
-                LEAVE;
             }
-            if (err)
-                sv_2mortal(err);
+            FCX_CHECK_OPEN(x);
+            x->unlock_on_unwind = 0;
             if (fc_is_locked(x->c))
                 fc_unlock(x->c);
-            fcx_warnings(aTHX_ x->c);
-            if (err)
-                croak_sv(err);
         }
         else {
-            SV *bytes = fcx_freeze(aTHX_ x, newval, 1, &err);
-            if (!bytes) {
-                fc_unlock(x->c);
-                fcx_warnings(aTHX_ x->c);
-                croak_sv(err);
-            }
+            SV *bytes = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, newval) : newval;
             stored = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, bytes,
                                0xFFFFFFFFU, x->dirty) == 1 ? 1 : 0;
+            x->unlock_on_unwind = 0;
             fc_unlock(x->c);
-            fcx_warnings(aTHX_ x->c);
         }
         val = newval;
     }
     else {
+        x->unlock_on_unwind = 0;
         fc_unlock(x->c);
-        fcx_warnings(aTHX_ x->c);
     }
+    fcx_warnings(aTHX_ x->c);
+    FCX_GUARD_END();
     PUSHs(val);
     if (gimme == G_LIST)
         mXPUSHi(stored ? 1 : 0);
@@ -1106,15 +1119,17 @@ multi_get(self, ...)
         }
     }
     fc_unlock(x->c);
+    FCX_GUARD_BEGIN(x);
     fcx_warnings(aTHX_ x->c);
     last = av_len(raw);
     for (i = 0; i < last; i += 2) {
         SV *ks = *av_fetch(raw, i, 0);
         val = *av_fetch(raw, i + 1, 0);
         if (SvOK(val) && (x->uncomp || x->deser))
-            val = fcx_thaw(aTHX_ x, val, 0, &err);
+            val = fcx_thaw(aTHX_ x, val);
         (void)hv_store_ent(found, ks, newSVsv(val), 0);
     }
+    FCX_GUARD_END();
     mPUSHs(newRV_inc((SV *)found));
 
 void
@@ -1143,26 +1158,26 @@ multi_set(self, ...)
     hv = (HV *)SvRV(kvs);
     p = SvPV(pagekey, plen);
     fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
+    FCX_GUARD_BEGIN(x);
     if (fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
+    x->unlock_on_unwind = 1;
     hv_iterinit(hv);
     while ((he = hv_iternext(hv))) {
         SV *ks = hv_iterkeysv(he);
         full = fcx_multi_key(aTHX_ p, plen, ks);
         /* As upstream: serialized under the lock; a die stops part-way,
          * keeping the entries already written. */
-        bytes = fcx_freeze(aTHX_ x, hv_iterval(hv, he), 1, &err);
-        if (!bytes) {
-            fc_unlock(x->c);
-            fcx_warnings(aTHX_ x->c);
-            croak_sv(err);
-        }
+        bytes = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, hv_iterval(hv, he))
+                                    : hv_iterval(hv, he);
         k = SvPV(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
         (void)fcx_store(aTHX_ x, k, klen, 0, slot, bytes, expire_on, 0);
     }
+    x->unlock_on_unwind = 0;
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
+    FCX_GUARD_END();
     mPUSHi(1);
 
 void
