@@ -91,26 +91,8 @@ sub round_trips {
 # returns the die message, or 'LIVED'.
 sub new_error_with_blocked {
     my ($block, %opts) = @_;
-    pipe(my $r, my $w) or die "pipe: $!";
-    my $pid = FMTest::fork_child(30, sub {
-        close $r;
-        delete $INC{$_} for grep { $_ =~ $block } keys %INC;
-        unshift @INC, sub {
-            die "simulated load failure of $_[1]\n" if $_[1] =~ $block;
-            return;
-        };
-        my $ok = eval { FMTest::new_cache(geometry(), %opts); 1 };
-        print $w $ok ? 'LIVED' : "DIED:$@";
-        close $w;
-        return 0;
-    });
-    close $w;
-    my $msg = do { local $/; <$r> };
-    close $r;
-    my $st = FMTest::wait_children(35, $pid)->{$pid};
+    my ($msg, $st) = FMTest::new_error_with_blocked($block, geometry(), %opts);
     is($st, 0, "child for blocked $block exited cleanly") or diag FMTest::describe_status($st);
-    $msg //= '';
-    $msg =~ s/\ADIED:// or return $msg;
     return $msg;
 }
 

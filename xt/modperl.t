@@ -210,21 +210,8 @@ is(scalar(@bad), 0, 'error_log has no warnings or errors') or diag(join '', @bad
 my @err = log_problems("$dir/stderr.log");
 is(scalar(@err), 0, 'nothing on Apache stderr') or diag(join '', @err);
 
-sub counter {
-    my ($name) = @_;
-    my ($st, $body) = XTServer::http_get("$base/count?name=$name&show=1");
-    return $1 if $st == 200 && $body =~ /^\Q$name\E (\d+)$/;
-    diag("counter $name: HTTP $st: $body");
-    return undef;
-}
-
-sub audit {
-    my ($name) = @_;
-    my ($st, $body) = XTServer::http_get("$base/xt/audit?$name");
-    $body //= '';
-    chomp $body;
-    return $st == 200 ? $body : "HTTP $st: $body";
-}
+sub counter { XTServer::http_counter($base, @_) }
+sub audit   { XTServer::http_audit($base, @_) }
 
 sub starts {
     open my $sf, '<', "$dir/perl-starts" or return ();

@@ -135,21 +135,8 @@ my @bad = grep {
 } split /\n/, slurp("$dir/stderr.log");
 is(scalar(@bad), 0, 'no warnings or errors on Starman\'s stderr') or diag(join "\n", @bad);
 
-sub counter {
-    my ($name) = @_;
-    my ($st, $body) = XTServer::http_get("$base/count?name=$name&show=1");
-    return $1 if $st == 200 && $body =~ /^\Q$name\E (\d+)$/;
-    diag("counter $name: HTTP $st: $body");
-    return undef;
-}
-
-sub audit {
-    my ($name) = @_;
-    my ($st, $body) = XTServer::http_get("$base/xt/audit?$name");
-    $body //= '';
-    chomp $body;
-    return $st == 200 ? $body : "HTTP $st: $body";
-}
+sub counter { XTServer::http_counter($base, @_) }
+sub audit   { XTServer::http_audit($base, @_) }
 
 sub slurp {
     my ($file) = @_;

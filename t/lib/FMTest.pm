@@ -230,4 +230,33 @@ sub run_in_child {
     return wait_children($timeout + 5, $pid)->{$pid};
 }
 
+
+# new(@args) in a bounded child in which every module file whose @INC name
+# matches $block fails to load (an @INC hook that dies).  Returns the
+# constructor's die message ('LIVED' if it did not die) and the child's
+# exit status.
+sub new_error_with_blocked {
+    my ($block, @args) = @_;
+    pipe(my $r, my $w) or die "pipe: $!";
+    my $pid = fork_child(30, sub {
+        close $r;
+        delete $INC{$_} for grep { $_ =~ $block } keys %INC;
+        unshift @INC, sub {
+            die "simulated load failure of $_[1]\n" if $_[1] =~ $block;
+            return;
+        };
+        my $ok = eval { new_cache(@args); 1 };
+        print $w $ok ? 'LIVED' : "DIED:$@";
+        close $w;
+        return 0;
+    });
+    close $w;
+    my $msg = do { local $/; <$r> };
+    close $r;
+    my $st = wait_children(35, $pid)->{$pid};
+    $msg //= '';
+    $msg =~ s/\ADIED://;
+    return ($msg, $st);
+}
+
 1;

@@ -220,6 +220,25 @@ sub http_get {
 # http_load(clients => C, requests => R, url => sub { ($client, $i) -> url },
 #           timeout => T) -> { status => count, ... , _errors => [..] }
 # C forked clients (HTTP::Tiny, keep-alive) each send R requests.
+# The /count?name=NAME&show=1 counter of the example apps, or undef (with a
+# diagnostic) when the server did not answer as expected.
+sub http_counter {
+    my ($base, $name) = @_;
+    my ($st, $body) = http_get("$base/count?name=$name&show=1");
+    return $1 if $st == 200 && $body =~ /^\Q$name\E (\d+)$/;
+    Test::More::diag("counter $name: HTTP $st: " . ($body // ''));
+    return undef;
+}
+
+# The /xt/audit?NAME verdict of XTAudit running inside the server.
+sub http_audit {
+    my ($base, $name) = @_;
+    my ($st, $body) = http_get("$base/xt/audit?$name");
+    $body //= '';
+    chomp $body;
+    return $st == 200 ? $body : "HTTP $st: $body";
+}
+
 sub http_load {
     my %o = @_;
     require HTTP::Tiny;
