@@ -7,12 +7,15 @@
 
 use crate::error::{Error, Result};
 use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
+use crate::fork::ForkToken;
 use crate::hash::hash_key;
 use crate::lock::{self, Acquired, DIRTY_OFF};
-use crate::page::{Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, ReadOut, Stored};
+use crate::page::{
+    self, Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, Peek, ReadOut, Stored,
+};
 use crate::time;
 use std::path::PathBuf;
-use std::sync::atomic::{compiler_fence, Ordering};
+use std::sync::atomic::{compiler_fence, fence, Ordering};
 use std::time::Duration;
 
 /// How long `catch_deadlocks` waits for a page lock before giving up.
@@ -158,6 +161,8 @@ pub struct Cache {
     items: ItemBuf,
     repaired: u64,
     warnings: Vec<String>,
+    /// Tells a forked child that inherited our "locked" state (see `unlock`).
+    fork: ForkToken,
 }
 
 impl Default for Cache {
@@ -176,6 +181,7 @@ impl Cache {
             items: ItemBuf::default(),
             repaired: 0,
             warnings: Vec::new(),
+            fork: ForkToken::new(),
         }
     }
 
@@ -276,6 +282,7 @@ impl Cache {
         let how = unsafe { lock::lock(entry, page, timeout)? };
         self.locked = Some(page);
         self.marked = false;
+        self.fork.arm();
         // SAFETY: we now hold the page lock; entry is inside the mapping.
         let half_done = unsafe { std::ptr::read_volatile(marker(entry)) } != 0;
         if how == Acquired::OwnerDied || half_done {
@@ -289,6 +296,12 @@ impl Cache {
             // SAFETY: as above; the page is consistent again.
             unsafe {
                 std::ptr::write_volatile(marker(entry), 0);
+                // A change counter left odd by the dead writer: the change is over.
+                let version = lock::version(entry);
+                let v = version.load(Ordering::Relaxed);
+                if v & 1 == 1 {
+                    version.store(v.wrapping_add(1), Ordering::Release);
+                }
                 if how == Acquired::OwnerDied {
                     lock::make_consistent(entry);
                 }
@@ -303,12 +316,23 @@ impl Cache {
         let (Some(page), Some(file)) = (self.locked.take(), self.file.as_ref()) else {
             return;
         };
+        let marked = std::mem::take(&mut self.marked);
+        if !self.fork.same_process() {
+            // A child forked while its parent held this lock: the lock, and the change
+            // the marker and counter describe, are the parent's. Just forget them.
+            return;
+        }
         let entry = file.lock_entry(page);
-        if self.marked {
+        if marked {
             compiler_fence(Ordering::SeqCst);
-            // SAFETY: our page's marker; the lock is still held.
-            unsafe { std::ptr::write_volatile(marker(entry), 0) };
-            self.marked = false;
+            // SAFETY: our page's marker and counter; the lock is still held.
+            unsafe {
+                std::ptr::write_volatile(marker(entry), 0);
+                let version = lock::version(entry);
+                let v = version.load(Ordering::Relaxed);
+                // The change is complete: publish it (next even value).
+                version.store((v | 1).wrapping_add(1), Ordering::Release);
+            }
         }
         // SAFETY: entry is the lock we hold.
         unsafe { lock::unlock(entry) };
@@ -321,8 +345,17 @@ impl Cache {
             return;
         }
         if let Some(file) = &self.file {
-            // SAFETY: our page's marker inside the mapping; we hold the page lock.
-            unsafe { std::ptr::write_volatile(marker(file.lock_entry(page)), 1) };
+            let entry = file.lock_entry(page);
+            // SAFETY: our page's marker and counter inside the mapping; we hold the lock.
+            unsafe {
+                std::ptr::write_volatile(marker(entry), 1);
+                // An odd counter tells lock-free readers a change is under way; the
+                // fence keeps the page's stores after it.
+                let version = lock::version(entry);
+                let v = version.load(Ordering::Relaxed);
+                version.store(v | 1, Ordering::Relaxed);
+            }
+            fence(Ordering::Release);
             compiler_fence(Ordering::SeqCst);
             self.marked = true;
         }
@@ -387,6 +420,57 @@ impl Cache {
         let now = time::now();
         let stats = self.params.enable_stats;
         self.with_page(false, |p| p.read(slot_hash, key, now, stats))
+    }
+
+    /// A lookup without taking the page lock (a sequence-lock read): `Some((peek, ticket))`
+    /// when the page was not being changed; the answer (and the value bytes at
+    /// `peek_ptr`) may only be used if `peek_confirm(page, ticket)` is true after copying
+    /// them. `None`: take the lock (a change under way, a stale LRU time to update, stats
+    /// to count, or this handle holds a lock).
+    pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(Peek, u32)> {
+        let file = self.file.as_ref()?;
+        let g = file.layout.geometry;
+        if self.params.enable_stats || self.locked.is_some() || page >= g.num_pages {
+            return None;
+        }
+        let base = file.page_ptr(page);
+        if (base as usize) % 4 != 0 {
+            return None;
+        }
+        // SAFETY: the entry and the page lie in the live mapping owned by `file`; base is
+        // 4-byte aligned (checked above).
+        unsafe {
+            let version = lock::version(file.lock_entry(page));
+            let ticket = version.load(Ordering::Acquire);
+            if ticket & 1 == 1 {
+                return None;
+            }
+            let found = page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
+            Some((found, ticket))
+        }
+    }
+
+    /// Pointer to a peeked value's bytes (to be copied, then confirmed).
+    pub fn peek_ptr(&self, page: u32, p: &Peek) -> *const u8 {
+        match &self.file {
+            Some(f) if p.found && page < f.layout.geometry.num_pages => {
+                f.page_ptr(page).wrapping_add(p.val_off)
+            }
+            _ => std::ptr::NonNull::dangling().as_ptr(),
+        }
+    }
+
+    /// Was page `page` left unchanged since `peek` handed out `ticket`?
+    pub fn peek_confirm(&self, page: u32, ticket: u32) -> bool {
+        let Some(file) = self.file.as_ref() else {
+            return false;
+        };
+        if page >= file.layout.geometry.num_pages {
+            return false;
+        }
+        fence(Ordering::Acquire);
+        // SAFETY: the entry lies in the live mapping owned by `file`.
+        unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket }
     }
 
     /// Pointer to a read value's bytes (valid as [`Cache::read`] says).

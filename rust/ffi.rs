@@ -293,6 +293,57 @@ pub unsafe extern "C" fn fc_read(
     })
 }
 
+/// Looks a key up without locking (a sequence-lock read). Returns 1 with `*out` filled
+/// and a `*ticket` when it could; the value bytes may be copied but only trusted if
+/// `fc_peek_confirm` then returns 1. Returns 0 when the caller must lock and `fc_read`
+/// instead (a change under way, an LRU time to update, statistics on).
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`; `key` points at `key_len` readable bytes;
+/// `out` and `ticket` are writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_peek(
+    c: *const FcCache,
+    page: u32,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    out: *mut FcReadResult,
+    ticket: *mut u32,
+) -> c_int {
+    let k = bytes(key, key_len);
+    let Some(h) = c.as_ref() else { return 0 };
+    match catch_unwind(AssertUnwindSafe(|| h.cache.peek(page, slot_hash, k))) {
+        Ok(Some((p, t))) => {
+            put(
+                out,
+                FcReadResult {
+                    val: h.cache.peek_ptr(page, &p),
+                    val_len: p.val_len,
+                    flags: p.flags,
+                    found: u32::from(p.found),
+                    expire_on: p.expire_on,
+                    has_modseq: u32::from(p.modseq.is_some()),
+                    modseq: p.modseq.unwrap_or(0),
+                },
+            );
+            put(ticket, t);
+            1
+        }
+        _ => 0,
+    }
+}
+
+/// 1 if page `page` did not change since `fc_peek` gave out `ticket`, else 0.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_peek_confirm(c: *const FcCache, page: u32, ticket: u32) -> c_int {
+    c.as_ref()
+        .map_or(0, |h| c_int::from(h.cache.peek_confirm(page, ticket)))
+}
+
 /// Stores a value in the locked page: `*stored` is 1 (stored), 0 (no room; any old value
 /// kept) or -1 (refused by the modseq rules). `expire_on` 0xFFFFFFFF means the cache default.
 ///

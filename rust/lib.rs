@@ -2,7 +2,7 @@
 //! process-shared lock per page.
 //!
 //! Modules, bottom up: `error` (messages), `time` (the clock and its override), `hash`
-//! (key -> page + slot hash), `lock` (page mutexes), `page` (one page's format and
+//! (key -> page + slot hash), `lock` (page mutexes), `fork` (telling a forked child apart), `page` (one page's format and
 //! operations), `file` (the share file: header, creation, mapping), `cache` (a handle and its
 //! lock-ownership model) and `ffi` (the C ABI, the only `extern "C"` code).
 
@@ -10,6 +10,7 @@ pub mod cache;
 pub mod error;
 pub mod ffi;
 pub mod file;
+pub mod fork;
 pub mod hash;
 pub mod lock;
 pub mod page;

@@ -17,9 +17,21 @@ pub const LOCK_STRIDE: usize = 64;
 const MUTEX_OFF: usize = 0;
 /// Offset of the page's "being mutated" marker inside a lock table entry (see `cache.rs`).
 pub const DIRTY_OFF: usize = 56;
+/// Offset of the page's change counter (a sequence lock for lock-free readers: odd while
+/// a change is under way, bumped to the next even value when it is done).
+pub const VERSION_OFF: usize = 60;
 
 // The mutex must fit before the dirty marker on every target we build for.
 const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= DIRTY_OFF);
+
+/// The change counter of a lock table entry.
+///
+/// # Safety
+/// `entry` points at a lock table entry (64-byte aligned) inside a mapping that outlives
+/// the returned reference.
+pub unsafe fn version<'a>(entry: *mut u8) -> &'a std::sync::atomic::AtomicU32 {
+    &*(entry.add(VERSION_OFF) as *const std::sync::atomic::AtomicU32)
+}
 
 /// Size of the platform's mutex; recorded in the file header so that a file made by a build
 /// with another layout is replaced instead of misused.

@@ -758,6 +758,124 @@ impl<'a> Page<'a> {
     }
 }
 
+/// What a lock-free [`peek`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    pub found: bool,
+    pub flags: u32,
+    pub expire_on: u32,
+    pub val_off: usize,
+    pub val_len: usize,
+    pub modseq: Option<u64>,
+}
+
+impl Peek {
+    const MISS: Peek = Peek {
+        found: false,
+        flags: 0,
+        expire_on: 0,
+        val_off: 0,
+        val_len: 0,
+        modseq: None,
+    };
+}
+
+/// A lookup without the page lock, for readers using the page's change counter as a
+/// sequence lock: the bytes may be changing under us, so each word is read once
+/// (volatile), every offset is checked against the page before use, and the answer is only
+/// trusted if the change counter is unchanged afterwards (the caller checks). `None` means
+/// "take the lock": the view was inconsistent, or a hit needs its LRU time updated.
+///
+/// This is [`Page::read`]'s probe, written separately because it may not hold a reference
+/// to bytes another process is writing.
+///
+/// # Safety
+/// `base` points at `page_size` readable bytes that stay mapped during the call, and is
+/// 4-byte aligned.
+pub unsafe fn peek(
+    base: *const u8,
+    page_size: usize,
+    slot_hash: u32,
+    key: &[u8],
+    now: u32,
+) -> Option<Peek> {
+    let rd = |off: usize| -> Option<u32> {
+        (off + 4 <= page_size).then(|| std::ptr::read_volatile(base.add(off) as *const u32))
+    };
+    if rd(H_MAGIC)? != PAGE_MAGIC {
+        return None;
+    }
+    let n = rd(H_NUM_SLOTS)? as usize;
+    let start = PAGE_HEADER + 4 * n;
+    let free_data = rd(H_FREE_DATA)? as usize;
+    if n == 0 || start > page_size || free_data > page_size || free_data < start {
+        return None;
+    }
+    let mut i = slot_hash as usize % n;
+    for _ in 0..n {
+        match rd(PAGE_HEADER + 4 * i)? {
+            SLOT_EMPTY => return Some(Peek::MISS),
+            SLOT_DELETED => {}
+            off => {
+                let off = off as usize;
+                if off % 4 != 0 || off < start || off + ITEM_HEADER > free_data {
+                    return None;
+                }
+                if rd(off + I_SLOT_HASH)? == slot_hash && rd(off + I_KEY_LEN)? as usize == key.len()
+                {
+                    let raw_val_len = rd(off + I_VAL_LEN)? as usize;
+                    let key_off = off + ITEM_HEADER;
+                    if key_off + key.len() + raw_val_len > free_data {
+                        return None;
+                    }
+                    let same = key
+                        .iter()
+                        .enumerate()
+                        .all(|(j, &b)| std::ptr::read_volatile(base.add(key_off + j)) == b);
+                    if same {
+                        let flags = rd(off + I_FLAGS)?;
+                        let expire_on = rd(off + I_EXPIRE_ON)?;
+                        if is_expired(expire_on, now) || flags & FLAG_TOMBSTONE != 0 {
+                            return Some(Peek::MISS);
+                        }
+                        if rd(off + I_LAST_ACCESS)? != now {
+                            return None;
+                        }
+                        let mut val_off = key_off + key.len();
+                        let mut val_len = raw_val_len;
+                        let mut modseq = None;
+                        if flags & FLAG_HASMODSEQ != 0 {
+                            if raw_val_len < MODSEQ_LEN {
+                                return None;
+                            }
+                            let mut w = [0u8; 8];
+                            for (j, b) in w.iter_mut().enumerate() {
+                                *b = std::ptr::read_volatile(base.add(val_off + j));
+                            }
+                            modseq = Some(u64::from_ne_bytes(w));
+                            val_off += MODSEQ_LEN;
+                            val_len -= MODSEQ_LEN;
+                        }
+                        return Some(Peek {
+                            found: true,
+                            flags,
+                            expire_on,
+                            val_off,
+                            val_len,
+                            modseq,
+                        });
+                    }
+                }
+            }
+        }
+        i += 1;
+        if i == n {
+            i = 0;
+        }
+    }
+    Some(Peek::MISS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,6 +1081,41 @@ mod tests {
         assert_eq!(evicted, 83);
         assert_eq!(p.items().unwrap().len(), 100 - 83);
         assert!(p.validate(&hash_ok).is_ok());
+    }
+
+    #[test]
+    fn peek_agrees_with_read_and_never_touches() {
+        let mut b = page(4096, 89);
+        let mut p = Page::new(&mut b);
+        put(&mut p, "a", "1", 7);
+        let k = b"m";
+        let mut n = item(sh(k), k, b"v");
+        n.modseq = Some(9);
+        p.write(&n, 7, 0).unwrap();
+        let size = b.len();
+        let peek_at =
+            |b: &Vec<u8>, key: &[u8], now| unsafe { peek(b.as_ptr(), size, sh(key), key, now) };
+        let got = peek_at(&b, b"a", 7).unwrap();
+        assert!(got.found);
+        assert_eq!(&b[got.val_off..got.val_off + got.val_len], b"1");
+        let got = peek_at(&b, b"m", 7).unwrap();
+        assert_eq!((got.found, got.modseq), (true, Some(9)));
+        assert_eq!(&b[got.val_off..got.val_off + got.val_len], b"v");
+        assert!(!peek_at(&b, b"zz", 7).unwrap().found);
+        // A hit whose LRU time is stale needs the lock.
+        assert_eq!(peek_at(&b, b"a", 8), None);
+        // Garbage never panics and never reads outside the page.
+        let mut x: u64 = 12345;
+        for _ in 0..2000 {
+            let mut g = b.clone();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                g[(x % 4096) as usize] = x as u8;
+            }
+            let _ = unsafe { peek(g.as_ptr(), size, sh(b"a"), b"a", 7) };
+        }
     }
 
     #[test]

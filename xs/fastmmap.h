@@ -201,6 +201,32 @@ int fc_read(struct FcCache *c,
             struct FcReadResult *out);
 
 /**
+ * Looks a key up without locking (a sequence-lock read). Returns 1 with `*out` filled
+ * and a `*ticket` when it could; the value bytes may be copied but only trusted if
+ * `fc_peek_confirm` then returns 1. Returns 0 when the caller must lock and `fc_read`
+ * instead (a change under way, an LRU time to update, statistics on).
+ *
+ * # Safety
+ * `c` is NULL or a live handle from `fc_new`; `key` points at `key_len` readable bytes;
+ * `out` and `ticket` are writable.
+ */
+int fc_peek(const struct FcCache *c,
+            uint32_t page,
+            uint32_t slot_hash,
+            const uint8_t *key,
+            size_t key_len,
+            struct FcReadResult *out,
+            uint32_t *ticket);
+
+/**
+ * 1 if page `page` did not change since `fc_peek` gave out `ticket`, else 0.
+ *
+ * # Safety
+ * `c` is NULL or a live handle from `fc_new`.
+ */
+int fc_peek_confirm(const struct FcCache *c, uint32_t page, uint32_t ticket);
+
+/**
  * Stores a value in the locked page: `*stored` is 1 (stored), 0 (no room; any old value
  * kept) or -1 (refused by the modseq rules). `expire_on` 0xFFFFFFFF means the cache default.
  *
