@@ -1604,6 +1604,13 @@ C<get_and_set> callback), the call croaks with a message saying that the page
 is already locked by another Cache::FastMmap object in this process, instead
 of both objects silently changing the page at the same time.
 
+=item Reads usually take no lock
+
+C<get> and C<exists> first look the key up without locking, watching the
+page's change counter, and lock the page only when it was being changed
+meanwhile or the entry's last-access time has to be updated (at most once per
+key per second).  What they return is the same as with the lock.
+
 =item catch_deadlocks is a timed lock
 
 With C<catch_deadlocks>, a lock attempt gives up after 10 seconds and
