@@ -466,6 +466,43 @@ fcx_multi_key(pTHX_ const char *p, STRLEN plen, SV *key)
     return full;
 }
 
+/* Sets hv->{key} to v when want, else deletes it, reusing the value SV.
+ * Returns 0 when the existing value cannot simply be overwritten. */
+static int
+fcx_opt_set(pTHX_ HV *hv, const char *key, I32 klen, U32 hash, int want, UV v)
+{
+    SV **svp = (SV **)hv_common_key_len(hv, key, klen, HV_FETCH_JUST_SV, NULL, hash);
+    if (!want) {
+        if (svp)
+            (void)hv_common_key_len(hv, key, klen, HV_DELETE | G_DISCARD, NULL, hash);
+        return 1;
+    }
+    if (!svp) {
+        (void)hv_common_key_len(hv, key, klen, HV_FETCH_ISSTORE, newSVuv(v), hash);
+        return 1;
+    }
+    if (SvREADONLY(*svp) || SvMAGICAL(*svp) || SvROK(*svp) || SvREFCNT(*svp) != 1)
+        return 0;
+    sv_setuv(*svp, v);
+    return 1;
+}
+
+static U32 fcx_hash_expire_on, fcx_hash_modseq;   /* computed at BOOT */
+
+/* Refills get_and_set's reused options hash in place: {expire_on} when the
+ * key was found, {modseq} when it has one, nothing else.  Returns 0 when the
+ * hash has to be rebuilt instead (the callback added keys, or kept a value). */
+static int
+fcx_opts_update(pTHX_ HV *opts, const FcReadResult *r)
+{
+    if (HvUSEDKEYS(opts) > 2)
+        return 0;
+    if (!fcx_opt_set(aTHX_ opts, "expire_on", 9, fcx_hash_expire_on, r->found, (UV)r->expire_on)
+        || !fcx_opt_set(aTHX_ opts, "modseq", 6, fcx_hash_modseq, r->has_modseq, (UV)r->modseq))
+        return 0;
+    return HvUSEDKEYS(opts) == (STRLEN)((r->found ? 1 : 0) + (r->has_modseq ? 1 : 0));
+}
+
 /* Hashes and locks the page of key; croaks on a lock error (nothing held). */
 static uint32_t
 fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
@@ -484,6 +521,8 @@ PROTOTYPES: ENABLE
 BOOT:
     /* A caught engine panic reaches the user as a croak; keep stderr quiet. */
     fc_library_init();
+    PERL_HASH(fcx_hash_expire_on, "expire_on", 9);
+    PERL_HASH(fcx_hash_modseq, "modseq", 6);
 
 SV *
 fc_new()
@@ -982,23 +1021,20 @@ get_and_set(self, ...)
         val = sv_newmortal();
     /* The callback's third argument.  The hash is reused from call to call
      * when the last callback kept no reference to it. */
-    if (x->gas_opts && SvREFCNT(x->gas_opts) == 1
-        && SvREFCNT(SvRV(x->gas_opts)) == 1 && !SvMAGICAL(SvRV(x->gas_opts))
-        && !SvOBJECT(SvRV(x->gas_opts))
-        && SvTYPE(SvRV(x->gas_opts)) == SVt_PVHV) {
-        opts = (HV *)SvRV(x->gas_opts);
-        hv_clear(opts);
-    }
-    else {
+    if (!(x->gas_opts && SvREFCNT(x->gas_opts) == 1
+          && SvREFCNT(SvRV(x->gas_opts)) == 1 && !SvMAGICAL(SvRV(x->gas_opts))
+          && !SvOBJECT(SvRV(x->gas_opts))
+          && SvTYPE(SvRV(x->gas_opts)) == SVt_PVHV
+          && fcx_opts_update(aTHX_ (HV *)SvRV(x->gas_opts), &r))) {
         SvREFCNT_dec(x->gas_opts);
         opts = newHV();
         x->gas_opts = newRV_noinc((SV *)opts);
+        if (r.found)
+            (void)hv_stores(opts, "expire_on", newSVuv((UV)r.expire_on));
+        if (r.has_modseq)
+            (void)hv_stores(opts, "modseq", newSVuv((UV)r.modseq));
     }
     optsref = sv_2mortal(SvREFCNT_inc_simple_NN(x->gas_opts));
-    if (r.found)
-        (void)hv_stores(opts, "expire_on", newSVuv((UV)r.expire_on));
-    if (r.has_modseq)
-        (void)hv_stores(opts, "modseq", newSVuv((UV)r.modseq));
 
     /* @new = $code->($key, $value, \%opts) */
     newval = setopts = NULL;
