@@ -45,7 +45,8 @@ sub mode_of { sprintf '%04o', (stat $_[0])[2] & 07777 }
         # fork_child armed alarm(30) with the default action: if the lock
         # call hangs, the kernel kills us and the test below fails.
         my $t = Time::HiRes::time();
-        my $ok = eval { $c->get('k'); 1 };
+        # a set must take the page lock (a get may read without it)
+        my $ok = eval { $c->set('k', 'new'); 1 };
         my $err = $@;
         my $left = alarm(0);
         my $took = Time::HiRes::time() - $t;
@@ -67,7 +68,7 @@ sub mode_of { sprintf '%04o', (stat $_[0])[2] & 07777 }
         local $/;
         ($how, $left, $took, $locked, $err) = split /\t/, <$fh>, 5;
     }
-    is($how, 'died', 'catch_deadlocks: the blocked get croaks');
+    is($how, 'died', 'catch_deadlocks: the blocked set croaks');
     like($err, qr/lock/i, '... with a message about the lock');
     like($err, qr/timed out|deadlock/i, '... saying that it timed out') or diag $err;
     unlike($err, qr/^Alarm|SIGALRM/, '... not an alarm');

@@ -866,7 +866,7 @@ get(self, ...)
     FcxHandle *x;
     STRLEN klen;
     const char *k;
-    uint32_t slot;
+    uint32_t page = 0, slot = 0, ticket = 0;
     FcReadResult r;
     SV *val;
   PPCODE:
@@ -875,7 +875,35 @@ get(self, ...)
         FCX_DELEGATE("_get_general");
     key = ST(1);
     k = SvPV(key, klen);
-    slot = fcx_lock_key(aTHX_ x, k, klen);
+    fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
+    /* First without the lock (a sequence-lock read): the copy is kept only if
+     * the page did not change meanwhile, else we lock and read again. */
+    if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)) {
+        if (!r.found || (r.flags & FCX_UNDEF))
+            val = &PL_sv_undef;
+        else if (!x->uncomp && !x->deser) {
+            dXSTARG;
+            sv_setpvn(TARG, r.val_len ? (const char *)r.val : "", (STRLEN)r.val_len);
+            if (r.flags & FCX_UTF8VAL)
+                SvUTF8_on(TARG);
+            else
+                SvUTF8_off(TARG);
+            val = TARG;
+        }
+        else
+            val = sv_2mortal(fcx_value(aTHX_ r.val, r.val_len, r.flags));
+        if (fc_peek_confirm(x->c, page, ticket)) {
+            if (SvOK(val) && (x->uncomp || x->deser)) {
+                FCX_GUARD_BEGIN(x);
+                val = fcx_thaw(aTHX_ x, val);
+                FCX_GUARD_END();
+            }
+            PUSHs(val);
+            XSRETURN(1);
+        }
+    }
+    if (fc_lock(x->c, page) != 0)
+        fcx_done(aTHX_ x->c, -1);
     if (!x->uncomp && !x->deser) {
         /* Raw values: copied once, from the page into our pad target (no new
          * SV head, and its buffer is reused from call to call). */
@@ -915,7 +943,7 @@ exists(self, ...)
     FcxHandle *x;
     STRLEN klen;
     const char *k;
-    uint32_t slot;
+    uint32_t page = 0, slot = 0, ticket = 0;
     FcReadResult r;
   PPCODE:
     x = fcx_self(aTHX_ self);
@@ -923,7 +951,14 @@ exists(self, ...)
         FCX_DELEGATE("_exists_general");
     key = ST(1);
     k = SvPV(key, klen);
-    slot = fcx_lock_key(aTHX_ x, k, klen);
+    fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
+    if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)
+        && fc_peek_confirm(x->c, page, ticket)) {
+        mPUSHi(r.found ? 1 : 0);
+        XSRETURN(1);
+    }
+    if (fc_lock(x->c, page) != 0)
+        fcx_done(aTHX_ x->c, -1);
     if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
         fcx_fail_unlock(aTHX_ x->c);
     fc_unlock(x->c);
