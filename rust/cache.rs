@@ -18,6 +18,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
 use std::time::Duration;
 
+/// How often a lock-free read re-checks a page that is being changed before it takes
+/// the lock instead.
+const PEEK_SPINS: u32 = 64;
+
 /// How long `catch_deadlocks` waits for a page lock before giving up.
 const DEADLOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -441,9 +445,20 @@ impl Cache {
         // 4-byte aligned (checked above).
         unsafe {
             let version = lock::version(file.lock_entry(page));
-            let ticket = version.load(Ordering::Acquire);
-            if ticket & 1 == 1 {
-                return None;
+            let mut ticket = version.load(Ordering::Acquire);
+            // A change under way takes well under a microsecond: wait a little for it
+            // rather than queueing on the lock (a writer that died leaves the counter odd;
+            // the locked path then repairs the page).
+            let mut spins = 0;
+            while ticket & 1 == 1 {
+                if spins == PEEK_SPINS {
+                    return None;
+                }
+                spins += 1;
+                for _ in 0..16 {
+                    std::hint::spin_loop();
+                }
+                ticket = version.load(Ordering::Acquire);
             }
             let found = page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
             Some((found, ticket))
