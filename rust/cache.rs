@@ -10,9 +10,7 @@ use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
 use crate::fork::ForkToken;
 use crate::hash::hash_key;
 use crate::lock::{self, Acquired, DIRTY_OFF};
-use crate::page::{
-    self, Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, Peek, ReadOut, Stored,
-};
+use crate::page::{self, Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, ReadOut, Stored};
 use crate::time;
 use std::path::PathBuf;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
@@ -431,7 +429,7 @@ impl Cache {
     /// `peek_ptr`) may only be used if `peek_confirm(page, ticket)` is true after copying
     /// them. `None`: take the lock (a change under way, a stale LRU time to update, stats
     /// to count, or this handle holds a lock).
-    pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(Peek, u32)> {
+    pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(ReadOut, u32)> {
         let file = self.file.as_ref()?;
         let g = file.layout.geometry;
         if self.params.enable_stats || self.locked.is_some() || page >= g.num_pages {
@@ -466,7 +464,7 @@ impl Cache {
     }
 
     /// Pointer to a peeked value's bytes (to be copied, then confirmed).
-    pub fn peek_ptr(&self, page: u32, p: &Peek) -> *const u8 {
+    pub fn peek_ptr(&self, page: u32, p: &ReadOut) -> *const u8 {
         match &self.file {
             Some(f) if p.found && page < f.layout.geometry.num_pages => {
                 f.page_ptr(page).wrapping_add(p.val_off)

@@ -758,28 +758,6 @@ impl<'a> Page<'a> {
     }
 }
 
-/// What a lock-free [`peek`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peek {
-    pub found: bool,
-    pub flags: u32,
-    pub expire_on: u32,
-    pub val_off: usize,
-    pub val_len: usize,
-    pub modseq: Option<u64>,
-}
-
-impl Peek {
-    const MISS: Peek = Peek {
-        found: false,
-        flags: 0,
-        expire_on: 0,
-        val_off: 0,
-        val_len: 0,
-        modseq: None,
-    };
-}
-
 /// A lookup without the page lock, for readers using the page's change counter as a
 /// sequence lock: the bytes may be changing under us, so each word is read once
 /// (volatile), every offset is checked against the page before use, and the answer is only
@@ -798,7 +776,7 @@ pub unsafe fn peek(
     slot_hash: u32,
     key: &[u8],
     now: u32,
-) -> Option<Peek> {
+) -> Option<ReadOut> {
     let rd = |off: usize| -> Option<u32> {
         (off + 4 <= page_size).then(|| std::ptr::read_volatile(base.add(off) as *const u32))
     };
@@ -814,7 +792,7 @@ pub unsafe fn peek(
     let mut i = slot_hash as usize % n;
     for _ in 0..n {
         match rd(PAGE_HEADER + 4 * i)? {
-            SLOT_EMPTY => return Some(Peek::MISS),
+            SLOT_EMPTY => return Some(ReadOut::MISS),
             SLOT_DELETED => {}
             off => {
                 let off = off as usize;
@@ -836,7 +814,7 @@ pub unsafe fn peek(
                         let flags = rd(off + I_FLAGS)?;
                         let expire_on = rd(off + I_EXPIRE_ON)?;
                         if is_expired(expire_on, now) || flags & FLAG_TOMBSTONE != 0 {
-                            return Some(Peek::MISS);
+                            return Some(ReadOut::MISS);
                         }
                         if rd(off + I_LAST_ACCESS)? != now {
                             return None;
@@ -856,7 +834,7 @@ pub unsafe fn peek(
                             val_off += MODSEQ_LEN;
                             val_len -= MODSEQ_LEN;
                         }
-                        return Some(Peek {
+                        return Some(ReadOut {
                             found: true,
                             flags,
                             expire_on,
@@ -873,7 +851,7 @@ pub unsafe fn peek(
             i = 0;
         }
     }
-    Some(Peek::MISS)
+    Some(ReadOut::MISS)
 }
 
 #[cfg(test)]
