@@ -21,15 +21,7 @@ use Storable ();
 
 # ------------------------------------------------------------------ helpers
 
-sub need_modules {
-    my @missing = grep { !eval "require $_; 1" } @_;
-    return 1 unless @missing;
-    if ($ENV{FASTMMAP_CI}) {
-        fail("FASTMMAP_CI is set but @missing cannot be loaded");
-        return 0;
-    }
-    plan skip_all => "@missing not installed";
-}
+sub need_modules { FMTest::need_modules(@_) }
 
 sub geometry { (num_pages => 3, page_size => 65536) }
 

@@ -115,18 +115,10 @@ ok($up, "private Apache (pid $pid) listens on 127.0.0.1:$port") or do {
 };
 
 # --- which Cache::FastMmap the children run (several requests: several children)
-my (%impl, %pm, %so, %pids, %owner);
-my $checks_ok = 1;
-for (1 .. 8) {
-    my ($st, $body) = XTServer::http_get("$base/xt/check");
-    $checks_ok = 0, diag("/xt/check: $st $body"), last unless $st == 200;
-    my %kv = $body =~ /^(\w+)=(.*)$/mg;
-    $impl{ $kv{impl} }++;
-    $pm{ $kv{pm} }++;
-    $so{ $kv{so} }++;
-    $pids{ $kv{pid} }++;
-    $owner{ $kv{owner} }++;
-}
+my ($checks_ok, $seen) = XTServer::survey_check($base, 8);
+my ($impl, $pm, $so, $pids, $owner) = @$seen{qw(impl pm so pid owner)};
+my (%impl, %pm, %so, %pids, %owner) = ();
+%impl = %$impl; %pm = %$pm; %so = %$so; %pids = %$pids; %owner = %$owner;
 ok($checks_ok, '/xt/check answers');
 is(join(',', keys %impl), 'rust', 'mod_perl children run the Rust-core Cache::FastMmap');
 ok((grep { index($_, "$ROOT/blib/lib/") == 0 } keys %pm) == keys %pm && %pm,

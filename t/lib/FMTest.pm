@@ -259,4 +259,17 @@ sub new_error_with_blocked {
     return ($msg, $st);
 }
 
+
+# Loads the optional modules a test needs: true when they all load; else
+# skips the whole file, or fails under FASTMMAP_CI (CI installs them all).
+sub need_modules {
+    my @missing = grep { !eval "require $_; 1" } @_;
+    return 1 unless @missing;
+    if ($ENV{FASTMMAP_CI}) {
+        Test::More::fail("FASTMMAP_CI is set but @missing cannot be loaded");
+        return 0;
+    }
+    Test::More::plan(skip_all => "@missing not installed");
+}
+
 1;

@@ -220,6 +220,25 @@ sub http_get {
 # http_load(clients => C, requests => R, url => sub { ($client, $i) -> url },
 #           timeout => T) -> { status => count, ... , _errors => [..] }
 # C forked clients (HTTP::Tiny, keep-alive) each send R requests.
+# Asks /xt/check $n times (several requests reach several workers) and
+# tallies what the workers report: implementation, .pm and .so paths, their
+# pids and the pid that created the cache.  Returns (ok, \%seen) where
+# $seen{impl}{rust} counts answers, and so on for pm, so, pid and owner.
+sub survey_check {
+    my ($base, $n) = @_;
+    my %seen = map { $_ => {} } qw(impl pm so pid owner);
+    for (1 .. $n) {
+        my ($st, $body) = http_get("$base/xt/check");
+        if ($st != 200) {
+            Test::More::diag("/xt/check: $st " . ($body // ''));
+            return (0, \%seen);
+        }
+        my %kv = $body =~ /^(\w+)=(.*)$/mg;
+        $seen{$_}{ $kv{$_} // '' }++ for keys %seen;
+    }
+    return (1, \%seen);
+}
+
 # The /count?name=NAME&show=1 counter of the example apps, or undef (with a
 # diagnostic) when the server did not answer as expected.
 sub http_counter {
