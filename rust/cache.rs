@@ -267,6 +267,7 @@ impl Cache {
 
     /// Takes page `page`'s lock. Only one page per handle.
     pub fn lock(&mut self, page: u32) -> Result<()> {
+        self.forget_inherited_lock();
         if let Some(p) = self.locked {
             return Err(Error::new(format!(
                 "page {p} is already locked, can't lock multiple pages"
@@ -363,9 +364,30 @@ impl Cache {
         }
     }
 
-    fn locked_or_err(&self) -> Result<u32> {
-        self.locked
-            .ok_or_else(|| Error::new("no page is locked (call fc_lock first)"))
+    /// The locked page, for an operation about to take a view of it. A forked child that
+    /// inherited the "locked" state gets an error instead: the lock, and the page under it,
+    /// are its parent's. The child's state is cleared so that it can lock pages itself.
+    fn locked_or_err(&mut self) -> Result<u32> {
+        let n = self
+            .locked
+            .ok_or_else(|| Error::new("no page is locked (call fc_lock first)"))?;
+        if !self.fork.same_process() {
+            self.forget_inherited_lock();
+            return Err(Error::new(format!(
+                "page {n} was locked by the parent process when this process forked; \
+                 the child must lock it itself"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// A child forked while its parent held a lock: drop the copied "locked" state without
+    /// touching the page's lock, marker or counter, which all belong to the parent.
+    fn forget_inherited_lock(&mut self) {
+        if self.locked.is_some() && !self.fork.same_process() {
+            self.locked = None;
+            self.marked = false;
+        }
     }
 
     /// Repairs page `n` (locked by us) and records why.
@@ -533,6 +555,7 @@ impl Cache {
     /// Collects every live entry (not expired, not a tombstone) of every page, locking one
     /// page at a time. Returns how many, readable with `item`.
     pub fn collect_keys(&mut self, with_values: bool) -> Result<usize> {
+        self.forget_inherited_lock();
         if let Some(p) = self.locked {
             return Err(Error::new(format!(
                 "page {p} is already locked, can't lock multiple pages"

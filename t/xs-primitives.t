@@ -135,7 +135,20 @@ ok(!Cache::FastMmap::fc_is_locked($h), 'fc_unlock: unlocked');
     ok(ref($nh), 'fc_new returns a reference');
     Cache::FastMmap::fc_close($nh);
     ok(!eval { Cache::FastMmap::fc_is_locked($nh); 1 }, 'closed handle croaks');
-    like($@, qr/Object not created correctly/, "... 'Object not created correctly'");
+    like($@, qr/the cache is closed/, "... 'the cache is closed'");
+    ok(!eval { Cache::FastMmap::fc_close($nh); 1 }, 'closing twice croaks instead of freeing twice');
+
+    # The pointer lives in magic, not in the scalar: a forged or copied
+    # handle is refused instead of being used as a pointer.
+    my $live = Cache::FastMmap::fc_new();
+    my $forged = bless \(my $iv = 0 + $$live), 'Cache::FastMmap::Handle';
+    ok(!eval { Cache::FastMmap::fc_is_locked($forged); 1 }, 'a forged handle croaks');
+    like($@, qr/Object not initialised correctly/, '... as not initialised');
+    my $copy = ${$live};
+    ok(!eval { Cache::FastMmap::fc_is_locked(\$copy); 1 }, 'a copy of the handle scalar croaks');
+    ok(eval { Cache::FastMmap::fc_is_locked($live); 1 }, 'the real handle still works');
+    undef $live;
+    pass('freeing the last reference frees the handle (no double free with the copies)');
 }
 
 # ------------------------------------------------ fc_set_param / fc_init

@@ -5,15 +5,28 @@
  * engine's message when a call failed, and builds the result lists.  It knows
  * nothing about pages, slots or the file format: that is all in rust/.
  *
- * Rules kept throughout:
- *   - every argument is stringified at most once (SvPV), so get-magic and
- *     overloading run once; the raw internal bytes are passed, and the UTF-8
- *     flag travels separately in the item flags (FC_UTF8KEY / FC_UTF8VAL);
+ * Rules kept throughout (the die-safety rules of README.pod, "SAFETY"):
+ *   - no Perl code runs while this handle holds a page lock, except the
+ *     callbacks upstream runs under the lock (get_and_set's code, and from
+ *     the Perl layer read_cb, write_cb of write-back, delete_cb), and those
+ *     only inside an unwind guard that releases the lock on any exit.  So:
+ *     keys and values are turned into bytes (get-magic, FETCH, overloading)
+ *     before locking, and the engine's warnings are queued while a lock is
+ *     held and passed to warn() only after it is released;
+ *   - a lock taken by the fc_lock primitive is tied to the calling Perl scope:
+ *     the same XS call that locks pushes an unlock onto the caller's save
+ *     stack, so a die anywhere after it (a signal handler, a callback) can
+ *     never leave the page locked;
+ *   - after any call into Perl the stack pointer is re-read (results go out
+ *     through ST() and XSRETURN), and the handle is re-checked: Perl code may
+ *     have closed the cache, which then croaks instead of using freed memory;
+ *   - the handle lives in ext magic, never in a plain IV, so Perl code can
+ *     neither forge nor copy it; nothing that Perl code can reach is the
+ *     handle's private state;
  *   - croak() is only ever called from C after the engine call returned, never
  *     from inside a Rust frame, and always as croak("%s", msg);
  *   - value bytes returned by fc_read point into the locked page; they are
- *     copied exactly once, straight into the new SV, before returning to Perl
- *     (the Perl layer unlocks afterwards);
+ *     copied exactly once, straight into the new SV, before returning to Perl;
  *   - everything pushed on the stack is mortal (or a TARG), so nothing leaks
  *     when a later croak unwinds.
  */
@@ -26,10 +39,10 @@
 
 #include "fastmmap.h"
 
-/* The handle stored in $self->{Cache}: a blessed reference to an IV that
- * holds an FcxHandle pointer (0 once closed).  Besides the engine handle it
- * keeps what the Perl layer decided at construction for the one-call fast
- * paths (see fc_set_policy and the FAST PATHS section). */
+/* What a handle object (in $self->{Cache}) points at, through ext magic on
+ * the referenced scalar.  Besides the engine handle it keeps what the Perl
+ * layer decided at construction for the one-call fast paths (see
+ * fc_set_policy and the FAST PATHS section). */
 typedef struct {
     FcCache *c;
     U32 policy;     /* FCX_FAST_* bits: which methods may skip the Perl layer */
@@ -38,14 +51,13 @@ typedef struct {
     SV *deser;
     SV *comp;
     SV *uncomp;
-    SV *gas_opts;   /* get_and_set's options hash ref, reused when unshared */
+    HV *gas_opts;   /* get_and_set's options hash, reused when nobody kept it */
     GV *deser_flags; /* Storable's mretrieve: pass $Storable::flags, as thaw does */
     U32 busy;       /* fast paths running Perl code with this handle (see FCX_GUARD) */
     U32 closed;     /* closed while busy: the last guard frees it */
     U32 unlock_on_unwind;  /* a die through the guard must release the page lock */
+    U32 lock_gen;   /* bumped by every fc_lock: which lock a scope guard owns */
 } FcxHandle;
-
-typedef FcCache *FcObj;
 
 /* Fast-path policy bits, set by the Perl layer through fc_set_policy. */
 #define FCX_FAST_GET    0x01   /* no read_cb */
@@ -60,6 +72,7 @@ typedef FcCache *FcObj;
 #endif
 
 #define FCX_HANDLE_CLASS "Cache::FastMmap::Handle"
+#define FCX_CLOSED_MSG "Cache::FastMmap: the cache is closed"
 
 /* Flag bits as U32, whatever integer type the generated header uses. */
 #define FCX_HASMODSEQ ((U32)FC_HASMODSEQ)
@@ -75,25 +88,56 @@ typedef FcCache *FcObj;
  * exactly as in the reference implementation). */
 #define FCX_STRIP_KEYS (FCX_UTF8KEY | FCX_HASMODSEQ)
 
+static void fcx_free(pTHX_ FcxHandle *x);
+
+/* The handle magic on the scalar a handle object references.  Freeing that
+ * scalar (the last reference gone) frees the handle. */
+static int
+fcx_handle_mg_free(pTHX_ SV *sv, MAGIC *mg)
+{
+    FcxHandle *x = (FcxHandle *)mg->mg_ptr;
+    PERL_UNUSED_ARG(sv);
+    mg->mg_ptr = NULL;
+    if (x)
+        fcx_free(aTHX_ x);
+    return 0;
+}
+
+/* mg_dup is absent on purpose: a new ithread's copy has no magic, so it can
+ * never reach (or free) this interpreter's handle. */
+static MGVTBL fcx_handle_vtbl = { NULL, NULL, NULL, NULL, fcx_handle_mg_free, NULL, NULL, NULL };
+
+/* The handle magic of the scalar inner, or NULL. */
+static MAGIC *
+fcx_handle_mg(pTHX_ SV *inner)
+{
+    MAGIC *mg;
+    if (SvTYPE(inner) < SVt_PVMG)
+        return NULL;
+    for (mg = SvMAGIC(inner); mg; mg = mg->mg_moremagic)
+        if (mg->mg_type == PERL_MAGIC_ext && mg->mg_virtual == &fcx_handle_vtbl)
+            return mg;
+    return NULL;
+}
+
 /* Turn $h into its FcxHandle or croak with the reference's messages. */
 static FcxHandle *
 fcx_xhandle(pTHX_ SV *obj)
 {
-    SV *inner;
-    FcxHandle *x;
+    MAGIC *mg;
 
     if (!SvROK(obj))
         croak("%s", "Object not reference");
-    inner = SvRV(obj);
-    if (!SvIOK(inner))
+    mg = fcx_handle_mg(aTHX_ SvRV(obj));
+    if (!mg)
         croak("%s", "Object not initialised correctly");
-    x = INT2PTR(FcxHandle *, SvIVX(inner));
-    if (!x)
-        croak("%s", "Object not created correctly");
-    return x;
+    if (!mg->mg_ptr)
+        croak("%s", FCX_CLOSED_MSG);
+    return (FcxHandle *)mg->mg_ptr;
 }
 
-/* The engine pointer of $h (typemap FcObj). */
+/* The engine pointer of $h.  Call it after every argument has been turned
+ * into bytes: that may run Perl code, which may close the cache. */
 static FcCache *
 fcx_handle(pTHX_ SV *obj)
 {
@@ -116,8 +160,41 @@ fcx_free(pTHX_ FcxHandle *x)
     SvREFCNT_dec(x->deser);
     SvREFCNT_dec(x->comp);
     SvREFCNT_dec(x->uncomp);
-    SvREFCNT_dec(x->gas_opts);
+    SvREFCNT_dec((SV *)x->gas_opts);
     Safefree(x);
+}
+
+/* Pass on the engine's queued warnings (a repaired page, ...) as Perl
+ * warnings -- never while a page lock is held (they stay queued until the
+ * lock is released).  All are taken from the engine before the first warn():
+ * a __WARN__ handler may close the cache, so the handle is not touched once
+ * Perl code can run.  Callers make this their last use of the handle. */
+static void
+fcx_warnings(pTHX_ FcCache *c)
+{
+    const char *w;
+    SV *first = NULL;
+    AV *more = NULL;
+    SSize_t i;
+
+    if (fc_is_locked(c))
+        return;
+    while ((w = fc_take_warning(c)) != NULL) {
+        SV *msg = sv_2mortal(newSVpv(w, 0));
+        if (!first)
+            first = msg;
+        else {
+            if (!more)
+                more = (AV *)sv_2mortal((SV *)newAV());
+            av_push(more, SvREFCNT_inc_simple_NN(msg));
+        }
+    }
+    if (!first)
+        return;
+    warn("%s", SvPV_nolen(first));
+    if (more)
+        for (i = 0; i <= av_len(more); i++)
+            warn("%s", SvPV_nolen(*av_fetch(more, i, 0)));
 }
 
 /* Croak with the engine's last error.  Only called after the engine returned. */
@@ -126,16 +203,6 @@ fcx_fail(pTHX_ const FcCache *c)
 {
     const char *msg = fc_last_error(c);
     croak("%s", (msg && *msg) ? msg : "Unknown error");
-}
-
-/* Pass on the engine's queued warnings (a repaired page, ...) as Perl
- * warnings.  Only called after the engine returned. */
-static void
-fcx_warnings(pTHX_ FcCache *c)
-{
-    const char *w;
-    while ((w = fc_take_warning(c)) != NULL)
-        warn("%s", w);
 }
 
 /* After an engine call that may have queued warnings: pass them on, then
@@ -217,20 +284,65 @@ fcx_modseq(pTHX_ SV *sv, uint64_t *out)
 }
 
 /* ------------------------------------------------------------------------
+ * SCOPED LOCKS
+ *
+ * fc_lock_scoped returns a reference to a guard scalar whose free magic
+ * releases the page lock it took.  The Perl layer keeps it in a lexical
+ * (`my $Lock = fc_lock_scoped(...)`): whichever way the scope is left --
+ * return, die from a callback or from a signal handler -- the lexical is
+ * freed and the lock released.  It is created before the lock is taken, so
+ * there is no moment at which the lock is held and nothing owns it; a die
+ * before it reaches the lexical still frees the mortal reference.
+ * ---------------------------------------------------------------------- */
+
+typedef struct {
+    SV *inner;      /* the handle scalar (counted reference) */
+    U32 gen;        /* the handle's lock_gen for the lock this guard owns */
+    U32 armed;      /* set in the same C code that took the lock */
+} FcxScopeLock;
+
+static int
+fcx_scope_mg_free(pTHX_ SV *sv, MAGIC *mg)
+{
+    FcxScopeLock *s = (FcxScopeLock *)mg->mg_ptr;
+    MAGIC *hm;
+    FcxHandle *x;
+    PERL_UNUSED_ARG(sv);
+    if (!s)
+        return 0;
+    mg->mg_ptr = NULL;
+    hm = fcx_handle_mg(aTHX_ s->inner);
+    x = hm ? (FcxHandle *)hm->mg_ptr : NULL;
+    /* Only the lock this guard took: an explicit fc_unlock, and perhaps a
+     * later lock, may have come first.  Warnings stay queued (this may run
+     * while a die unwinds); the next call passes them on. */
+    if (s->armed && x && x->lock_gen == s->gen && fc_is_locked(x->c))
+        fc_unlock(x->c);
+    SvREFCNT_dec(s->inner);
+    Safefree(s);
+    return 0;
+}
+
+static MGVTBL fcx_scope_vtbl = { NULL, NULL, NULL, NULL, fcx_scope_mg_free, NULL, NULL, NULL };
+
+/* ------------------------------------------------------------------------
  * FAST PATHS
  *
  * get, set, exists, remove, get_and_set, multi_get and multi_set are XS
  * methods.  When the cache has no callback that the call could need (the
  * policy bits set by the Perl layer at construction) and the arguments are
- * the plain ones, each does hash + lock + work + unlock in this one call.
+ * plain (defined, no magic, not references: turning them into bytes runs no
+ * Perl code), each does hash + lock + work + unlock in this one call.
  * Anything else is handed, with the original arguments, to the Perl
  * implementation (_get_general, _set_general, ...), which keeps the full
- * upstream semantics.  Serializers and compressors are called from here.
+ * upstream semantics.  Serializers and compressors are called from here,
+ * before locking except where upstream runs them under the lock
+ * (get_and_set), and then inside the unwind guard.
  * ---------------------------------------------------------------------- */
 
 /* Identifies the magic, attached to each cache object's hash by new()
- * (fc_attach), that points at the object's handle: reaching the handle costs
- * a walk of a one-element magic chain instead of a hash lookup. */
+ * (fc_attach), that points at the object's handle scalar: reaching the
+ * handle costs a walk of two one-element magic chains, not a hash lookup. */
 static MGVTBL fcx_obj_vtbl;
 
 /* The object's handle, or NULL when anything is unusual (no magic: a copied
@@ -239,18 +351,21 @@ static MGVTBL fcx_obj_vtbl;
 static FcxHandle *
 fcx_self(pTHX_ SV *self)
 {
-    MAGIC *mg;
-    SV *inner;
+    MAGIC *mg, *hm;
     if (!SvROK(self) || !SvMAGICAL(SvRV(self)))
         return NULL;
     for (mg = SvMAGIC(SvRV(self)); mg; mg = mg->mg_moremagic) {
         if (mg->mg_type == PERL_MAGIC_ext && mg->mg_virtual == &fcx_obj_vtbl) {
-            inner = mg->mg_obj;
-            return SvIOK(inner) ? INT2PTR(FcxHandle *, SvIVX(inner)) : NULL;
+            hm = fcx_handle_mg(aTHX_ mg->mg_obj);
+            return hm ? (FcxHandle *)hm->mg_ptr : NULL;
         }
     }
     return NULL;
 }
+
+/* An argument the fast paths take as it is: SvPV on it runs no Perl code
+ * (no get-magic, FETCH or overloading) and cannot warn (defined). */
+#define FCX_PLAIN(sv) (!SvGMAGICAL(sv) && !SvROK(sv) && SvOK(sv))
 
 /* Re-dispatch the current XSUB's arguments to a Perl sub of this package and
  * return its results as ours. */
@@ -309,7 +424,8 @@ fcx_guard_end(pTHX_ void *p)
 } STMT_END
 
 /* Calls code->(arg[, arg2]) in scalar context and returns a mortal copy of
- * the result.  A die propagates (inside a guard when a lock is held). */
+ * the result.  A die propagates (inside a guard when a lock is held).  The
+ * caller's own stack pointer is stale afterwards: results go out via ST(). */
 static SV *
 fcx_call2(pTHX_ SV *code, SV *arg, SV *arg2)
 {
@@ -370,6 +486,28 @@ fcx_thaw(pTHX_ FcxHandle *x, SV *stored)
     return v;
 }
 
+/* The bytes of a value about to be stored, taken before locking (get-magic,
+ * FETCH and overloading run here; inside a guard, as they may close the
+ * cache).  Returns the SV whose PV is to be stored, or NULL for undef, and
+ * adds FC_UTF8VAL to *flags when needed.  A reference or magical value is
+ * stringified into a private copy, so no later Perl code can change it. */
+static SV *
+fcx_value_bytes(pTHX_ SV *v, U32 *flags)
+{
+    STRLEN len;
+    const char *pv;
+    SvGETMAGIC(v);
+    if (!SvOK(v))
+        return NULL;
+    if (SvROK(v) || SvMAGICAL(v)) {
+        pv = SvPV_nomg(v, len);
+        v = sv_2mortal(newSVpvn_flags(pv, len, SvUTF8(v) ? SVf_UTF8 : 0));
+    }
+    if (SvUTF8(v))
+        *flags |= FCX_UTF8VAL;
+    return v;
+}
+
 /* parse_expire_time($spec, $base) for a plain scalar (SPEC 1.3). */
 static U32
 fcx_expire_on(pTHX_ SV *spec, U32 base)
@@ -379,9 +517,9 @@ fcx_expire_on(pTHX_ SV *spec, U32 base)
     UV n = 0, unit = 1;
     int digits = 0;
 
-    if (!SvTRUE(spec))
+    if (!SvTRUE_nomg(spec))
         return base;                    /* '' / 0 / undef: offset 0 */
-    s = SvPV(spec, len);
+    s = SvPV_nomg(spec, len);
     if (len == 5 && memEQ(s, "never", 5))
         return 0;
     if (len == 3 && memEQ(s, "now", 3))
@@ -409,29 +547,27 @@ fcx_expire_on(pTHX_ SV *spec, U32 base)
     return (U32)(n * unit + base);
 }
 
-/* Stores key => stored bytes in the locked page (expunging first like
- * upstream's set).  Returns the engine's 1/0/-1; croaks (unlocking) on an
+/* Stores key => value bytes in the locked page (expunging first like
+ * upstream's set).  bytes is what fcx_value_bytes returned (NULL: undef).
+ * Runs no Perl code.  Returns the engine's 1/0/-1; croaks (unlocking) on an
  * engine error. */
 static int32_t
 fcx_store(pTHX_ FcxHandle *x, const char *k, STRLEN klen, int kutf8,
-          uint32_t slot, SV *stored, U32 expire_on, U32 flags)
+          uint32_t slot, SV *bytes, U32 expire_on, U32 flags)
 {
     STRLEN vlen = 0;
     const char *v = "";
     int32_t result = 0;
     size_t n = 0;
 
-    if (stored)
-        SvGETMAGIC(stored);     /* tied values, $1, substr lvalues, ... */
-    if (stored && SvOK(stored)) {
-        v = SvPV_nomg(stored, vlen);
-        if (SvUTF8(stored))
-            flags |= FCX_UTF8VAL;
+    if (bytes) {
+        v = SvPV_nomg(bytes, vlen);
         if (kutf8)
             flags |= FCX_UTF8KEY;
     }
     else {
-        flags |= FCX_UNDEF;
+        /* Like the reference: undef is not recorded with the key's flag. */
+        flags = (flags & ~FCX_UTF8VAL) | FCX_UNDEF;
     }
     if (fc_expunge(x->c, 2, 0, (int64_t)(klen + vlen), &n) != 0
         || fc_write(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
@@ -453,16 +589,17 @@ fcx_lookup(pTHX_ FcxHandle *x, uint32_t slot, const char *k, STRLEN klen, FcRead
 }
 
 /* multi_get/multi_set's "$PageKey-$Key" as the Perl layer builds it under
- * "use bytes": the raw bytes of both, never flagged UTF-8 (mortal). */
+ * "use bytes": the raw bytes of both, never flagged UTF-8 (mortal).  key is
+ * plain (a hash key, or checked with FCX_PLAIN). */
 static SV *
 fcx_multi_key(pTHX_ const char *p, STRLEN plen, SV *key)
 {
     STRLEN klen;
-    const char *k = SvPV(key, klen);
+    const char *k = SvPV_nomg(key, klen);
     SV *full = sv_2mortal(newSV(plen + klen + 2));
     sv_setpvn(full, p, plen);
-    sv_catpvn(full, "-", 1);
-    sv_catpvn(full, k, klen);
+    sv_catpvn_nomg(full, "-", 1);
+    sv_catpvn_nomg(full, k, klen);
     return full;
 }
 
@@ -503,7 +640,8 @@ fcx_opts_update(pTHX_ HV *opts, const FcReadResult *r)
     return HvUSEDKEYS(opts) == (STRLEN)((r->found ? 1 : 0) + (r->has_modseq ? 1 : 0));
 }
 
-/* Hashes and locks the page of key; croaks on a lock error (nothing held). */
+/* Hashes and locks the page of key; croaks on a lock error (nothing held).
+ * Warnings the lock queued (a repaired page) wait for the unlock. */
 static uint32_t
 fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
 {
@@ -512,6 +650,17 @@ fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
     if (fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
     return slot;
+}
+
+/* Raw value bytes of a hit into TARG-like sv (no new SV head). */
+static void
+fcx_set_raw(pTHX_ SV *sv, const FcReadResult *r)
+{
+    sv_setpvn(sv, r->val_len ? (const char *)r->val : "", (STRLEN)r->val_len);
+    if (r->flags & FCX_UTF8VAL)
+        SvUTF8_on(sv);
+    else
+        SvUTF8_off(sv);
 }
 
 MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap
@@ -528,6 +677,7 @@ SV *
 fc_new()
   PREINIT:
     FcxHandle *x;
+    SV *inner;
   CODE:
     Newxz(x, 1, FcxHandle);
     x->c = fc_new();
@@ -535,80 +685,136 @@ fc_new()
         Safefree(x);
         croak("%s", "Cache::FastMmap: out of memory creating the cache handle");
     }
-    RETVAL = sv_bless(newRV_noinc(newSViv(PTR2IV(x))),
-                      gv_stashpv(FCX_HANDLE_CLASS, GV_ADD));
+    /* The IV only tells the Perl layer open (1) from closed (0); the
+     * pointer is in the magic, where Perl code cannot reach it. */
+    inner = newSViv(1);
+    sv_magicext(inner, NULL, PERL_MAGIC_ext, &fcx_handle_vtbl, (const char *)x, 0);
+    RETVAL = sv_bless(newRV_noinc(inner), gv_stashpv(FCX_HANDLE_CLASS, GV_ADD));
   OUTPUT:
     RETVAL
 
 void
-fc_set_param(h, name, value)
-    FcObj h
+fc_set_param(obj, name, value)
+    SV *obj
     SV *name
     SV *value
   PREINIT:
     STRLEN nlen, vlen;
     const char *n, *v;
+    FcCache *h;
   CODE:
     n = SvPV(name, nlen);
     v = SvPV(value, vlen);
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK(h, fc_set_param(h, (const uint8_t *)n, nlen, (const uint8_t *)v, vlen));
 
 void
-fc_init(h)
-    FcObj h
+fc_init(obj)
+    SV *obj
+  PREINIT:
+    FcCache *h;
   CODE:
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK_W(h, fc_init(h));
 
 void
 fc_close(obj)
     SV *obj
   PREINIT:
+    MAGIC *mg;
     FcxHandle *x;
   CODE:
     x = fcx_xhandle(aTHX_ obj);
-    /* Zero the IV first: any later use croaks instead of touching freed memory. */
+    /* Detach first: any later use croaks instead of touching freed memory. */
+    mg = fcx_handle_mg(aTHX_ SvRV(obj));
+    mg->mg_ptr = NULL;
     sv_setiv(SvRV(obj), 0);
     fcx_free(aTHX_ x);
 
+IV
+fc_is_open(obj)
+    SV *obj
+  PREINIT:
+    MAGIC *mg;
+  CODE:
+    mg = SvROK(obj) ? fcx_handle_mg(aTHX_ SvRV(obj)) : NULL;
+    RETVAL = (mg && mg->mg_ptr) ? 1 : 0;
+  OUTPUT:
+    RETVAL
+
 void
-fc_hash(h, key)
-    FcObj h
+fc_hash(obj, key)
+    SV *obj
     SV *key
   PREINIT:
     STRLEN klen;
     const char *k;
     uint32_t page = 0, slot_hash = 0;
+    FcCache *h;
   PPCODE:
     k = SvPV(key, klen);
+    h = fcx_handle(aTHX_ obj);
     fc_hash(h, (const uint8_t *)k, klen, &page, &slot_hash);
     EXTEND(SP, 2);
     mPUSHu((UV)page);
     mPUSHu((UV)slot_hash);
 
 void
-fc_lock(h, page)
-    FcObj h
+fc_lock(obj, page)
+    SV *obj
     U32 page
+  PREINIT:
+    FcxHandle *x;
   CODE:
-    FCX_CHECK_W(h, fc_lock(h, (uint32_t)page));
+    x = fcx_xhandle(aTHX_ obj);
+    FCX_CHECK_W(x->c, fc_lock(x->c, (uint32_t)page));
+    x->lock_gen++;
 
 void
-fc_unlock(h)
-    FcObj h
+fc_lock_scoped(obj, page)
+    SV *obj
+    U32 page
+  PREINIT:
+    FcxHandle *x;
+    FcxScopeLock *s;
+    SV *guard, *ref;
+  PPCODE:
+    /* See SCOPED LOCKS.  The guard exists (mortal) before the lock does. */
+    x = fcx_xhandle(aTHX_ obj);
+    guard = newSV(0);
+    ref = sv_2mortal(newRV_noinc(guard));
+    Newxz(s, 1, FcxScopeLock);
+    s->inner = SvREFCNT_inc_simple_NN(SvRV(obj));
+    sv_magicext(guard, NULL, PERL_MAGIC_ext, &fcx_scope_vtbl, (const char *)s, 0);
+    if (fc_lock(x->c, (uint32_t)page) != 0)
+        fcx_done(aTHX_ x->c, -1);
+    s->gen = ++x->lock_gen;
+    s->armed = 1;
+    ST(0) = ref;
+    XSRETURN(1);
+
+void
+fc_unlock(obj)
+    SV *obj
+  PREINIT:
+    FcCache *h;
   CODE:
+    h = fcx_handle(aTHX_ obj);
     fc_unlock(h);
+    /* Warnings queued under the lock (a repaired page): now, and last. */
+    fcx_warnings(aTHX_ h);
 
 IV
-fc_is_locked(h)
-    FcObj h
+fc_is_locked(obj)
+    SV *obj
   CODE:
-    RETVAL = fc_is_locked(h) ? 1 : 0;
+    RETVAL = fc_is_locked(fcx_handle(aTHX_ obj)) ? 1 : 0;
   OUTPUT:
     RETVAL
 
 void
-fc_read(h, slot, key)
-    FcObj h
+fc_read(obj, slot, key)
+    SV *obj
     U32 slot
     SV *key
   PREINIT:
@@ -617,19 +823,19 @@ fc_read(h, slot, key)
     FcReadResult r;
     SV *val;
     int rc;
+    FcCache *h;
   PPCODE:
     k = SvPV(key, klen);
+    h = fcx_handle(aTHX_ obj);
     Zero(&r, 1, FcReadResult);
     rc = fc_read(h, (uint32_t)slot, (const uint8_t *)k, klen, &r);
     if (rc != 0)
         fcx_done(aTHX_ h, rc);
-    /* r.val points into the locked page: copy it now, once, before any
-     * warning is passed on (a __WARN__ handler could change the page). */
+    /* r.val points into the locked page: copy it now, once. */
     if (r.found)
         val = sv_2mortal(fcx_value(aTHX_ r.val, r.val_len, r.flags));
     else
         val = &PL_sv_undef;
-    fcx_warnings(aTHX_ h);
     EXTEND(SP, 5);
     PUSHs(val);
     mPUSHu((UV)(r.flags & ~FCX_STRIP_READ));
@@ -639,10 +845,11 @@ fc_read(h, slot, key)
         mPUSHu((UV)r.modseq);
     else
         PUSHs(&PL_sv_undef);
+    fcx_warnings(aTHX_ h);   /* only if not locked: normally a no-op */
 
 IV
-fc_write(h, slot, key, val, expire_on, flags, modseq = NULL)
-    FcObj h
+fc_write(obj, slot, key, val, expire_on, flags, modseq = NULL)
+    SV *obj
     U32 slot
     SV *key
     SV *val
@@ -655,10 +862,15 @@ fc_write(h, slot, key, val, expire_on, flags, modseq = NULL)
     uint64_t ms = 0;
     int has_ms;
     int32_t stored = 0;
+    FcCache *h;
+    SV *bytes;
   CODE:
+    /* Every argument into bytes first; only then the handle. */
     k = SvPV(key, klen);
-    SvGETMAGIC(val);
-    if (!SvOK(val)) {
+    bytes = fcx_value_bytes(aTHX_ val, &flags);
+    has_ms = fcx_modseq(aTHX_ modseq, &ms);
+    h = fcx_handle(aTHX_ obj);
+    if (!bytes) {
         /* undef is stored as an empty value marked FC_UNDEF; like the
          * reference, the key's UTF-8 flag is not recorded in this case. */
         v = "";
@@ -666,13 +878,10 @@ fc_write(h, slot, key, val, expire_on, flags, modseq = NULL)
         flags |= FCX_UNDEF;
     }
     else {
-        v = SvPV_nomg(val, vlen);
-        if (SvUTF8(val))
-            flags |= FCX_UTF8VAL;
+        v = SvPV_nomg(bytes, vlen);
         if (SvUTF8(key))
             flags |= FCX_UTF8KEY;
     }
-    has_ms = fcx_modseq(aTHX_ modseq, &ms);
     FCX_CHECK_W(h, fc_write(h, (uint32_t)slot, (const uint8_t *)k, klen,
                           (const uint8_t *)v, vlen, (uint32_t)expire_on,
                           (uint32_t)flags, has_ms, ms, &stored));
@@ -681,8 +890,8 @@ fc_write(h, slot, key, val, expire_on, flags, modseq = NULL)
     RETVAL
 
 IV
-fc_tombstone(h, slot, key, expire_on, modseq)
-    FcObj h
+fc_tombstone(obj, slot, key, expire_on, modseq)
+    SV *obj
     U32 slot
     SV *key
     U32 expire_on
@@ -692,10 +901,12 @@ fc_tombstone(h, slot, key, expire_on, modseq)
     const char *k;
     uint64_t ms = 0;
     int32_t stored = 0;
+    FcCache *h;
   CODE:
     k = SvPV(key, klen);
     if (!fcx_modseq(aTHX_ modseq, &ms))
         croak("%s", "fc_tombstone requires a modseq");
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK_W(h, fc_tombstone(h, (uint32_t)slot, (const uint8_t *)k, klen,
                               (uint32_t)expire_on, SvUTF8(key) ? FCX_UTF8KEY : 0,
                               ms, &stored));
@@ -704,8 +915,8 @@ fc_tombstone(h, slot, key, expire_on, modseq)
     RETVAL
 
 void
-fc_delete(h, slot, key)
-    FcObj h
+fc_delete(obj, slot, key)
+    SV *obj
     U32 slot
     SV *key
   PREINIT:
@@ -713,16 +924,18 @@ fc_delete(h, slot, key)
     const char *k;
     int32_t did = 0;
     uint32_t fl = 0;
+    FcCache *h;
   PPCODE:
     k = SvPV(key, klen);
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK_W(h, fc_delete(h, (uint32_t)slot, (const uint8_t *)k, klen, &did, &fl));
     EXTEND(SP, 2);
     mPUSHi(did ? 1 : 0);
     mPUSHu(did ? (UV)(fl & ~FCX_STRIP_READ) : 0);
 
 void
-fc_expunge(h, mode, wb, len)
-    FcObj h
+fc_expunge(obj, mode, wb, len)
+    SV *obj
     IV mode
     IV wb
     IV len
@@ -730,7 +943,9 @@ fc_expunge(h, mode, wb, len)
     size_t n = 0, i;
     FcItem it;
     int rc;
+    FcCache *h;
   PPCODE:
+    h = fcx_handle(aTHX_ obj);
     rc = fc_expunge(h, (int32_t)mode, wb ? 1 : 0, (int64_t)len, &n);
     if (rc != 0)
         fcx_done(aTHX_ h, rc);
@@ -743,18 +958,19 @@ fc_expunge(h, mode, wb, len)
             PUSHs(sv_2mortal(fcx_item_ref(aTHX_ &it, 1, FCX_STRIP_READ)));
         }
     }
-    /* Only now: a __WARN__ handler could start another batch on this handle. */
-    fcx_warnings(aTHX_ h);
+    fcx_warnings(aTHX_ h);   /* only if not locked: normally a no-op */
 
 void
-fc_get_keys(h, mode)
-    FcObj h
+fc_get_keys(obj, mode)
+    SV *obj
     IV mode
   PREINIT:
     size_t n = 0, i;
     FcItem it;
     int rc;
+    FcCache *h;
   PPCODE:
+    h = fcx_handle(aTHX_ obj);
     if (mode >= 0 && mode <= 2) {
         rc = fc_collect_keys(h, mode == 2 ? 1 : 0, &n);
         if (rc != 0)
@@ -768,24 +984,30 @@ fc_get_keys(h, mode)
             else
                 PUSHs(sv_2mortal(fcx_item_ref(aTHX_ &it, mode == 2, FCX_STRIP_KEYS)));
         }
+        /* Last: the results are already on the stack when Perl code runs. */
         fcx_warnings(aTHX_ h);
     }
 
 void
-fc_get_page_details(h)
-    FcObj h
+fc_get_page_details(obj)
+    SV *obj
   PREINIT:
     uint32_t nreads = 0, nreadhits = 0;
+    FcCache *h;
   PPCODE:
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK(h, fc_get_page_details(h, &nreads, &nreadhits));
     EXTEND(SP, 2);
     mPUSHu((UV)nreads);
     mPUSHu((UV)nreadhits);
 
 void
-fc_reset_page_details(h)
-    FcObj h
+fc_reset_page_details(obj)
+    SV *obj
+  PREINIT:
+    FcCache *h;
   CODE:
+    h = fcx_handle(aTHX_ obj);
     FCX_CHECK(h, fc_reset_page_details(h));
 
 void
@@ -795,10 +1017,10 @@ fc_set_time_override(t)
     fc_set_time_override((uint32_t)t);
 
 UV
-fc_repaired_pages(h)
-    FcObj h
+fc_repaired_pages(obj)
+    SV *obj
   CODE:
-    RETVAL = (UV)fc_repaired_pages(h);
+    RETVAL = (UV)fc_repaired_pages(fcx_handle(aTHX_ obj));
   OUTPUT:
     RETVAL
 
@@ -851,7 +1073,7 @@ fc_attach(self, h)
     SV *h
   CODE:
     /* Lets the fast paths find $self's handle (see fcx_self); the magic holds
-     * a reference to the handle's IV, which fc_close zeroes. */
+     * a reference to the handle scalar, whose magic fc_close detaches. */
     (void)fcx_xhandle(aTHX_ h);
     if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV)
         croak("%s", "fc_attach: not a cache object");
@@ -871,10 +1093,10 @@ get(self, ...)
     SV *val;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 2 || !x || !(x->policy & FCX_FAST_GET))
+    if (items != 2 || !x || !(x->policy & FCX_FAST_GET) || !FCX_PLAIN(ST(1)))
         FCX_DELEGATE("_get_general");
     key = ST(1);
-    k = SvPV(key, klen);
+    k = SvPV_nomg(key, klen);
     fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
     /* First without the lock (a sequence-lock read): the copy is kept only if
      * the page did not change meanwhile, else we lock and read again. */
@@ -883,11 +1105,7 @@ get(self, ...)
             val = &PL_sv_undef;
         else if (!x->uncomp && !x->deser) {
             dXSTARG;
-            sv_setpvn(TARG, r.val_len ? (const char *)r.val : "", (STRLEN)r.val_len);
-            if (r.flags & FCX_UTF8VAL)
-                SvUTF8_on(TARG);
-            else
-                SvUTF8_off(TARG);
+            fcx_set_raw(aTHX_ TARG, &r);
             val = TARG;
         }
         else
@@ -898,7 +1116,7 @@ get(self, ...)
                 val = fcx_thaw(aTHX_ x, val);
                 FCX_GUARD_END();
             }
-            PUSHs(val);
+            ST(0) = val;
             XSRETURN(1);
         }
     }
@@ -911,11 +1129,7 @@ get(self, ...)
         if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
             fcx_fail_unlock(aTHX_ x->c);
         if (r.found && !(r.flags & FCX_UNDEF)) {
-            sv_setpvn(TARG, r.val_len ? (const char *)r.val : "", (STRLEN)r.val_len);
-            if (r.flags & FCX_UTF8VAL)
-                SvUTF8_on(TARG);
-            else
-                SvUTF8_off(TARG);
+            fcx_set_raw(aTHX_ TARG, &r);
             val = TARG;
         }
         else {
@@ -923,17 +1137,20 @@ get(self, ...)
         }
         fc_unlock(x->c);
         fcx_warnings(aTHX_ x->c);
-        PUSHs(val);
+        ST(0) = val;
         XSRETURN(1);
     }
     val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
     fc_unlock(x->c);
     FCX_GUARD_BEGIN(x);
     fcx_warnings(aTHX_ x->c);
-    if (val && SvOK(val))
+    if (val && SvOK(val)) {
+        FCX_CHECK_OPEN(x);
         val = fcx_thaw(aTHX_ x, val);
+    }
     FCX_GUARD_END();
-    PUSHs(val ? val : &PL_sv_undef);
+    ST(0) = val ? val : &PL_sv_undef;
+    XSRETURN(1);
 
 void
 exists(self, ...)
@@ -947,14 +1164,14 @@ exists(self, ...)
     FcReadResult r;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 2 || !x || !(x->policy & FCX_FAST_OTHER))
+    if (items != 2 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1)))
         FCX_DELEGATE("_exists_general");
     key = ST(1);
-    k = SvPV(key, klen);
+    k = SvPV_nomg(key, klen);
     fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
     if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)
         && fc_peek_confirm(x->c, page, ticket)) {
-        mPUSHi(r.found ? 1 : 0);
+        ST(0) = sv_2mortal(newSViv(r.found ? 1 : 0));
         XSRETURN(1);
     }
     if (fc_lock(x->c, page) != 0)
@@ -963,40 +1180,45 @@ exists(self, ...)
         fcx_fail_unlock(aTHX_ x->c);
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
-    mPUSHi(r.found ? 1 : 0);
+    ST(0) = sv_2mortal(newSViv(r.found ? 1 : 0));
+    XSRETURN(1);
 
 void
 set(self, ...)
     SV *self
   PREINIT:
-    SV *key, *value;
+    SV *key;
     FcxHandle *x;
     STRLEN klen;
     const char *k;
     uint32_t slot;
-    U32 expire_on = 0xFFFFFFFFU;
+    U32 expire_on = 0xFFFFFFFFU, flags;
     SV *stored;
     int32_t result;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_SET)
-        || (items == 4 && SvROK(ST(3))))
+    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_SET) || !FCX_PLAIN(ST(1))
+        || (items == 4 && (SvGMAGICAL(ST(3)) || SvROK(ST(3)))))
         FCX_DELEGATE("_set_general");
     key = ST(1);
-    value = ST(2);
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
     FCX_GUARD_BEGIN(x);
-    /* Serialize before locking: a serializer that dies holds no lock. */
-    stored = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, value) : value;
-    k = SvPV(key, klen);
+    /* The value into bytes before locking: serializer, compressor, FETCH and
+     * overloading run now, and a die from them holds no lock. */
+    stored = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, ST(2)) : ST(2);
+    flags = x->dirty;
+    stored = fcx_value_bytes(aTHX_ stored, &flags);
+    FCX_CHECK_OPEN(x);
+    k = SvPV_nomg(key, klen);
     slot = fcx_lock_key(aTHX_ x, k, klen);
     result = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, stored,
-                       expire_on, x->dirty);
+                       expire_on, flags);
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
     FCX_GUARD_END();
-    mPUSHi(result == 1 ? 1 : 0);
+    ST(0) = sv_2mortal(newSViv(result == 1 ? 1 : 0));
+    XSRETURN(1);
 
 void
 remove(self, ...)
@@ -1010,40 +1232,45 @@ remove(self, ...)
     int32_t did = 0;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 2 || !x || !(x->policy & FCX_FAST_REMOVE))
+    if (items != 2 || !x || !(x->policy & FCX_FAST_REMOVE) || !FCX_PLAIN(ST(1)))
         FCX_DELEGATE("_remove_general");
     key = ST(1);
-    k = SvPV(key, klen);
+    k = SvPV_nomg(key, klen);
     slot = fcx_lock_key(aTHX_ x, k, klen);
     if (fc_delete(x->c, slot, (const uint8_t *)k, klen, &did, &fl) != 0)
         fcx_fail_unlock(aTHX_ x->c);
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
-    mPUSHi(did ? 1 : 0);
+    ST(0) = sv_2mortal(newSViv(did ? 1 : 0));
+    XSRETURN(1);
 
 void
 get_and_set(self, ...)
     SV *self
   PREINIT:
-    SV *key, *code;
+    SV *kown, *keyarg, *code;
     FcxHandle *x;
     STRLEN klen;
     const char *k;
     uint32_t slot;
     FcReadResult r;
-    SV *val, *err = NULL, *newval, *setopts, *optsref;
-    HV *opts;
+    SV *val, *newval, *setopts, *optsref, *bytes;
     I32 n;
     int32_t stored = 0;
+    U32 flags;
     U8 gimme;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 3 || !x || !(x->policy & FCX_FAST_GAS))
+    if (items != 3 || !x || !(x->policy & FCX_FAST_GAS) || !FCX_PLAIN(ST(1)))
         FCX_DELEGATE("_get_and_set_general");
-    key = ST(1);
-    code = ST(2);
     gimme = GIMME_V;
-    k = SvPV(key, klen);
+    /* Our own copy of the key bytes, which no Perl code can reach: the value
+     * is stored under the key as passed, whatever the callback does to its
+     * $_[0] (a copy too, as in the reference) or to the caller's variable. */
+    kown = sv_2mortal(newSVsv(ST(1)));
+    keyarg = sv_2mortal(newSVsv(kown));
+    code = sv_2mortal(SvREFCNT_inc_simple_NN(ST(2)));
+    k = SvPV_nomg(kown, klen);
     FCX_GUARD_BEGIN(x);
     slot = fcx_lock_key(aTHX_ x, k, klen);
     /* From here until the page is released, a die (deserializer, callback,
@@ -1054,22 +1281,22 @@ get_and_set(self, ...)
         val = fcx_thaw(aTHX_ x, val);
     if (!val)
         val = sv_newmortal();
-    /* The callback's third argument.  The hash is reused from call to call
-     * when the last callback kept no reference to it. */
-    if (!(x->gas_opts && SvREFCNT(x->gas_opts) == 1
-          && SvREFCNT(SvRV(x->gas_opts)) == 1 && !SvMAGICAL(SvRV(x->gas_opts))
-          && !SvOBJECT(SvRV(x->gas_opts))
-          && SvTYPE(SvRV(x->gas_opts)) == SVt_PVHV
-          && fcx_opts_update(aTHX_ (HV *)SvRV(x->gas_opts), &r))) {
-        SvREFCNT_dec(x->gas_opts);
-        opts = newHV();
-        x->gas_opts = newRV_noinc((SV *)opts);
+    /* The callback's third argument: a new reference each time (so that
+     * assigning to $_[2] changes nothing of ours) to a hash reused from call
+     * to call when the last callback kept no reference to it. */
+    if (!(x->gas_opts && SvREFCNT((SV *)x->gas_opts) == 1
+          && !SvMAGICAL((SV *)x->gas_opts) && !SvOBJECT((SV *)x->gas_opts)
+          && !SvREADONLY((SV *)x->gas_opts)
+          && fcx_opts_update(aTHX_ x->gas_opts, &r))) {
+        HV *opts = newHV();
+        SvREFCNT_dec((SV *)x->gas_opts);
+        x->gas_opts = opts;
         if (r.found)
             (void)hv_stores(opts, "expire_on", newSVuv((UV)r.expire_on));
         if (r.has_modseq)
             (void)hv_stores(opts, "modseq", newSVuv((UV)r.modseq));
     }
-    optsref = sv_2mortal(SvREFCNT_inc_simple_NN(x->gas_opts));
+    optsref = sv_2mortal(newRV_inc((SV *)x->gas_opts));
 
     /* @new = $code->($key, $value, \%opts) */
     newval = setopts = NULL;
@@ -1077,7 +1304,7 @@ get_and_set(self, ...)
         dSP;
         PUSHMARK(SP);
         EXTEND(SP, 3);
-        PUSHs(key);
+        PUSHs(keyarg);
         PUSHs(val);
         PUSHs(optsref);
         PUTBACK;
@@ -1097,61 +1324,50 @@ get_and_set(self, ...)
             && (!SvROK(setopts) || SvTYPE(SvRV(setopts)) != SVt_PVHV))
             croak("%s", "get_and_set callback options must be a hash reference");
         if (setopts && SvOK(setopts) && HvUSEDKEYS((HV *)SvRV(setopts))) {
-            /* Options (expiry, modseq): the Perl set() takes over the lock
-             * and always releases it. */
-            HV *o = newHV();
-            HE *he;
-            SV *oref = sv_2mortal(newRV_noinc((SV *)o));
-            HV *src = (HV *)SvRV(setopts);
-            hv_iterinit(src);
-            while ((he = hv_iternext(src)))
-                (void)hv_store_ent(o, hv_iterkeysv(he), newSVsv(hv_iterval(src, he)), 0);
-            (void)hv_stores(o, "_locked", newSViv(1));
-            {
-                dSP;
-                SV *ret;
-                PUSHMARK(SP);
-                EXTEND(SP, 4);
-                PUSHs(self);
-                PUSHs(key);
-                PUSHs(newval);
-                PUSHs(oref);
-                PUTBACK;
-                n = call_pv("Cache::FastMmap::_set_general", G_SCALAR);
-                SPAGAIN;
-                ret = n > 0 ? POPs : &PL_sv_undef;
-                stored = (int32_t)SvIV(ret);
-                PUTBACK;
-            }
+            /* Options (expiry, modseq): the Perl layer writes into the page
+             * we hold; the guard still releases it on a die. */
+            dSP;
+            SV *ret;
+            PUSHMARK(SP);
+            EXTEND(SP, 4);
+            PUSHs(self);
+            PUSHs(sv_2mortal(newSVsv(kown)));
+            PUSHs(newval);
+            PUSHs(setopts);
+            PUTBACK;
+            n = call_pv("Cache::FastMmap::_store_locked_with_opts", G_SCALAR);
+            SPAGAIN;
+            ret = n > 0 ? POPs : &PL_sv_undef;
+            PUTBACK;
+            stored = SvIV(ret) == 1 ? 1 : 0;
             FCX_CHECK_OPEN(x);
-            x->unlock_on_unwind = 0;
-            if (fc_is_locked(x->c))
-                fc_unlock(x->c);
         }
         else {
-            SV *bytes = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, newval) : newval;
-            stored = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, bytes,
-                               0xFFFFFFFFU, x->dirty) == 1 ? 1 : 0;
-            x->unlock_on_unwind = 0;
-            fc_unlock(x->c);
+            bytes = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, newval) : newval;
+            flags = x->dirty;
+            bytes = fcx_value_bytes(aTHX_ bytes, &flags);
+            FCX_CHECK_OPEN(x);
+            stored = fcx_store(aTHX_ x, k, klen, SvUTF8(kown) ? 1 : 0, slot, bytes,
+                               0xFFFFFFFFU, flags) == 1 ? 1 : 0;
         }
         val = newval;
     }
-    else {
-        x->unlock_on_unwind = 0;
-        fc_unlock(x->c);
-    }
+    x->unlock_on_unwind = 0;
+    fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
     FCX_GUARD_END();
-    PUSHs(val);
-    if (gimme == G_LIST)
-        mXPUSHi(stored ? 1 : 0);
+    ST(0) = val;
+    if (gimme == G_LIST) {
+        ST(1) = sv_2mortal(newSViv(stored ? 1 : 0));
+        XSRETURN(2);
+    }
+    XSRETURN(1);
 
 void
 multi_get(self, ...)
     SV *self
   PREINIT:
-    SV *pagekey, *keys;
+    SV *pagekey;
     FcxHandle *x;
     STRLEN plen, klen;
     const char *p, *k;
@@ -1160,32 +1376,35 @@ multi_get(self, ...)
     HV *found;
     SSize_t i, last;
     FcReadResult r;
-    SV *full, *val, *err = NULL;
+    SV *full, *val, **ep;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !SvROK(ST(2))
-        || SvTYPE(SvRV(ST(2))) != SVt_PVAV || SvRMAGICAL(SvRV(ST(2))))
+    if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1))
+        || !SvROK(ST(2)) || SvTYPE(SvRV(ST(2))) != SVt_PVAV || SvRMAGICAL(SvRV(ST(2))))
         FCX_DELEGATE("_multi_get_general");
+    av = (AV *)SvRV(ST(2));
+    last = av_len(av);
+    /* Every key must turn into bytes without running Perl code. */
+    for (i = 0; i <= last; i++) {
+        ep = av_fetch(av, i, 0);
+        if (!ep || !FCX_PLAIN(*ep))
+            FCX_DELEGATE("_multi_get_general");
+    }
     pagekey = ST(1);
-    keys = ST(2);
-    av = (AV *)SvRV(keys);
-    p = SvPV(pagekey, plen);
+    p = SvPV_nomg(pagekey, plen);
     fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
-    found = newHV();
-    sv_2mortal((SV *)found);
+    found = (HV *)sv_2mortal((SV *)newHV());
     raw = (AV *)sv_2mortal((SV *)newAV());
     if (fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
-    last = av_len(av);
     for (i = 0; i <= last; i++) {
-        SV **ep = av_fetch(av, i, 0);
-        SV *ks = ep ? *ep : &PL_sv_undef;
+        SV *ks = *av_fetch(av, i, 0);
         full = fcx_multi_key(aTHX_ p, plen, ks);
-        k = SvPV(full, klen);
+        k = SvPV_nomg(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
         val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
         if (val) {
-            av_push(raw, newSVsv(ks));
+            av_push(raw, newSVsv_nomg(ks));
             av_push(raw, SvREFCNT_inc_simple_NN(val));
         }
     }
@@ -1196,60 +1415,82 @@ multi_get(self, ...)
     for (i = 0; i < last; i += 2) {
         SV *ks = *av_fetch(raw, i, 0);
         val = *av_fetch(raw, i + 1, 0);
-        if (SvOK(val) && (x->uncomp || x->deser))
+        if (SvOK(val) && (x->uncomp || x->deser)) {
+            FCX_CHECK_OPEN(x);
             val = fcx_thaw(aTHX_ x, val);
+        }
         (void)hv_store_ent(found, ks, newSVsv(val), 0);
     }
     FCX_GUARD_END();
-    mPUSHs(newRV_inc((SV *)found));
+    ST(0) = sv_2mortal(newRV_inc((SV *)found));
+    XSRETURN(1);
 
 void
 multi_set(self, ...)
     SV *self
   PREINIT:
-    SV *pagekey, *kvs;
+    SV *pagekey;
     FcxHandle *x;
     STRLEN plen, klen;
     const char *p, *k;
     uint32_t page = 0, slot = 0;
-    U32 expire_on = 0xFFFFFFFFU;
+    U32 expire_on = 0xFFFFFFFFU, flags;
     HV *hv;
     HE *he;
-    SV *full, *bytes, *err = NULL;
+    AV *todo;
+    SSize_t i, last;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_MSET) || !SvROK(ST(2))
-        || SvTYPE(SvRV(ST(2))) != SVt_PVHV || SvRMAGICAL(SvRV(ST(2)))
-        || (items == 4 && SvROK(ST(3))))
+    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_MSET) || !FCX_PLAIN(ST(1))
+        || !SvROK(ST(2)) || SvTYPE(SvRV(ST(2))) != SVt_PVHV || SvRMAGICAL(SvRV(ST(2)))
+        || (items == 4 && (SvGMAGICAL(ST(3)) || SvROK(ST(3)))))
         FCX_DELEGATE("_multi_set_general");
     pagekey = ST(1);
-    kvs = ST(2);
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
-    hv = (HV *)SvRV(kvs);
-    p = SvPV(pagekey, plen);
+    hv = (HV *)SvRV(ST(2));
+    p = SvPV_nomg(pagekey, plen);
     fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
     FCX_GUARD_BEGIN(x);
+    /* All keys and values into bytes before locking: first a snapshot of the
+     * hash (no Perl code runs while iterating it), then the serializer and
+     * stringification of each value.  A die there writes nothing. */
+    todo = (AV *)sv_2mortal((SV *)newAV());
+    hv_iterinit(hv);
+    while ((he = hv_iternext(hv))) {
+        /* (SvREFCNT_inc_simple_NN evaluates its argument twice.) */
+        SV *full = fcx_multi_key(aTHX_ p, plen, hv_iterkeysv(he));
+        SV *val = hv_iterval(hv, he);
+        av_push(todo, SvREFCNT_inc_simple_NN(full));
+        av_push(todo, SvREFCNT_inc_simple_NN(val));
+    }
+    last = av_len(todo);
+    for (i = 1; i <= last; i += 2) {
+        SV **vp = av_fetch(todo, i, 0);
+        SV *b = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, *vp) : *vp;
+        flags = 0;
+        b = fcx_value_bytes(aTHX_ b, &flags);
+        /* Keep the bytes and their UTF-8 bit together; undef stays undef. */
+        (void)av_store(todo, i, b ? newSVsv_nomg(b) : newSV(0));
+    }
+    FCX_CHECK_OPEN(x);
     if (fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
     x->unlock_on_unwind = 1;
-    hv_iterinit(hv);
-    while ((he = hv_iternext(hv))) {
-        SV *ks = hv_iterkeysv(he);
-        full = fcx_multi_key(aTHX_ p, plen, ks);
-        /* As upstream: serialized under the lock; a die stops part-way,
-         * keeping the entries already written. */
-        bytes = (x->ser || x->comp) ? fcx_freeze(aTHX_ x, hv_iterval(hv, he))
-                                    : hv_iterval(hv, he);
-        k = SvPV(full, klen);
+    for (i = 0; i < last; i += 2) {
+        SV *full = *av_fetch(todo, i, 0);
+        SV *b = *av_fetch(todo, i + 1, 0);
+        k = SvPV_nomg(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
-        (void)fcx_store(aTHX_ x, k, klen, 0, slot, bytes, expire_on, 0);
+        flags = (SvOK(b) && SvUTF8(b)) ? FCX_UTF8VAL : 0;
+        (void)fcx_store(aTHX_ x, k, klen, 0, slot, SvOK(b) ? b : NULL, expire_on, flags);
     }
     x->unlock_on_unwind = 0;
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
     FCX_GUARD_END();
-    mPUSHi(1);
+    ST(0) = sv_2mortal(newSViv(1));
+    XSRETURN(1);
 
 void
 _xs_noop(...)
@@ -1263,30 +1504,12 @@ MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap::Handle
 
 PROTOTYPES: DISABLE
 
-void
-DESTROY(obj)
-    SV *obj
-  PREINIT:
-    SV *inner;
-    FcxHandle *x;
-  CODE:
-    /* Never croaks: frees the engine side even if the Perl layer's own
-     * cleanup never ran (die in new, global destruction, ...). */
-    if (SvROK(obj)) {
-        inner = SvRV(obj);
-        if (SvIOK(inner) && SvIVX(inner)) {
-            x = INT2PTR(FcxHandle *, SvIVX(inner));
-            sv_setiv(inner, 0);
-            fcx_free(aTHX_ x);
-        }
-    }
-
 int
 CLONE_SKIP(...)
   CODE:
-    /* A new ithread must not get a copy of a live handle: both interpreters
-     * would fc_close the same pointer.  With CLONE_SKIP the thread's copy is
-     * an unblessed, empty reference, so its DESTROY never runs. */
+    /* A new ithread must not get a copy of a live handle: its copy of the
+     * handle scalar would have no magic anyway (no mg_dup), and with
+     * CLONE_SKIP it is an unblessed, empty reference. */
     PERL_UNUSED_VAR(items);
     RETVAL = 1;
   OUTPUT:

@@ -4,13 +4,13 @@ package Cache::FastMmap;
 #
 # This file holds the policy: option parsing, serialisation, compression,
 # callbacks, write-back and the object lifecycle.  Every page operation is
-# done by the engine through the fc_* XS functions (see CONTRACT.md).
+# done by the engine through the fc_* XS functions (xs/FastMmap.xs).
 #
-# Locking discipline used throughout: a method hashes its key, takes the one
-# page lock this object may hold, does its work inside an eval, and whatever
-# happens releases the lock before returning or re-throwing.  Internal evals
-# always run under "local $@" so that a successful call never changes the
-# caller's $@.
+# Locking discipline used throughout: a method turns its key and value into
+# bytes, hashes the key, and takes the one page lock this object may hold
+# with fc_lock_scoped, whose returned guard releases the lock however its
+# scope is left (see "Reading" below).  Internal evals always run under
+# "local $@" so that a successful call never changes the caller's $@.
 
 use 5.008001;
 use strict;
@@ -371,107 +371,102 @@ sub new {
 }
 
 #----------------------------------------------------------------------------
-# Reading
+# Turning arguments into bytes
 #----------------------------------------------------------------------------
 
+# A key as the plain string the engine hashes and stores, computed once and
+# before any page lock: copying runs FETCH and get-magic, "" runs
+# overloading.  An undefined key is the empty string, with Perl's usual
+# warning (in the caller's warnings scope), also before the lock.
+sub _key_bytes {
+  my $Key = $_[0];
+  return "$Key" if ref $Key;
+  return $Key if defined $Key;
+  warnings::warnif('uninitialized', 'Use of uninitialized value as a Cache::FastMmap key');
+  return '';
+}
+
+# serialize(\$value) then compress: the bytes to store, or undef.  A
+# reference left over (a raw cache given an object) is stringified here, so
+# no overloading runs later under the lock.
+sub _freeze {
+  my ($Self, $ValueRef) = @_;
+  my $Val = $Self->{serialize} ? $Self->{serialize}->($ValueRef) : $$ValueRef;
+  $Val = $Self->{compress}->($Val) if $Self->{compress};
+  return ref $Val ? "$Val" : $Val;
+}
+
+#----------------------------------------------------------------------------
+# Reading
+#
+# Every method below follows the same shape: arguments into bytes first,
+# then `my $Lock = fc_lock_scoped(...)`, the engine calls, fc_unlock, and
+# only then deserializers and the callbacks that upstream runs unlocked.
+# The lexical $Lock releases the page on any way out of its scope (a die
+# from a callback, a serializer or a signal handler), so no error path needs
+# its own unlock.  Engine warnings wait for fc_unlock.
+#----------------------------------------------------------------------------
+
+# Reads $Key from the page locked under $$LockRef, calling read_cb on a miss
+# (and storing what it returns, as upstream: serialized under the lock).
+# Returns (stored bytes or undef, found, expire_on, modseq).
+sub _read_locked {
+  my ($Self, $Page, $Slot, $Key, $KeyArg, $LockRef) = @_;
+  my $Cache = $Self->{Cache};
+  my ($Val, undef, $Found, $ExpireOn, $ModSeq) = fc_read($Cache, $Slot, $Key);
+  return ($Val, $Found, $ExpireOn, $ModSeq) if $Found;
+
+  my $read_cb = $Self->{read_cb} or return (undef, 0, 0, undef);
+  if ($Self->{allow_recursive}) {
+    # Let the callback use the cache: the lock is dropped around it.
+    fc_unlock($Cache);
+    $Val = $read_cb->($Self->{context}, $KeyArg);
+    $$LockRef = fc_lock_scoped($Cache, $Page);
+  }
+  else {
+    $Val = $read_cb->($Self->{context}, $KeyArg);
+  }
+  return (undef, 0, 0, undef) unless defined $Val || $Self->{cache_not_found};
+
+  $Val = $Self->_freeze(\$Val);
+  $Self->_expunge_page(2, 1, length($Key) + (defined $Val ? length($Val) : 0));
+  # Stored clean with the default expiry.  A tombstone refuses it; the value
+  # is returned to the caller all the same.
+  fc_write($Cache, $Slot, $Key, $Val, -1, 0);
+  return ($Val, 0, 0, undef);
+}
+
 sub _get_general {
-  my ($Self, $Key, $Opts) = @_;
+  my ($Self, $KeyArg, $Opts) = @_;
   $Opts = undef unless ref $Opts && Scalar::Util::reftype($Opts) eq 'HASH';
+  my $Key = _key_bytes($KeyArg);
   my $Cache = $Self->{Cache};
 
   my ($Page, $Slot) = fc_hash($Cache, $Key);
-  fc_lock($Cache, $Page);
-
-  my ($Val, $Found, $ExpireOn, $ModSeq);
-  my ($Ok, $Err);
+  my ($Val, $ModSeq);
   {
-    local $@;
-    $Ok = eval {
-      ($Val, undef, $Found, $ExpireOn, $ModSeq) = fc_read($Cache, $Slot, $Key);
-
-      if (!$Found && (my $read_cb = $Self->{read_cb})) {
-        if ($Self->{allow_recursive}) {
-          # Let the callback use the cache: drop the lock around it.
-          fc_unlock($Cache);
-          my ($CbOk, $CbErr);
-          {
-            local $@;
-            $CbOk = eval { $Val = $read_cb->($Self->{context}, $Key); 1 };
-            $CbErr = $@ unless $CbOk;
-          }
-          fc_lock($Cache, $Page);
-          die $CbErr unless $CbOk;
-        }
-        else {
-          $Val = $read_cb->($Self->{context}, $Key);
-        }
-
-        if (defined $Val || $Self->{cache_not_found}) {
-          $Val = $Self->{serialize}->(\$Val) if $Self->{serialize};
-          $Val = $Self->{compress}->($Val)   if $Self->{compress};
-          $Self->_expunge_page(2, 1, length($Key) + (defined $Val ? length($Val) : 0));
-          # Stored clean with the default expiry.  A tombstone refuses it;
-          # the value is returned to the caller all the same.
-          fc_write($Cache, $Slot, $Key, $Val, -1, 0);
-        }
-      }
-
-      if (defined $Val) {
-        $Val = $Self->{uncompress}->($Val) if $Self->{compress};
-        $Val = ${ $Self->{deserialize}->($Val) } if $Self->{deserialize};
-      }
-      1;
-    };
-    $Err = $@ unless $Ok;
-  }
-  if (!$Ok) {
-    fc_unlock($Cache) if fc_is_locked($Cache);
-    die $Err;
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    ($Val, undef, undef, $ModSeq) = $Self->_read_locked($Page, $Slot, $Key, $KeyArg, \$Lock);
+    fc_unlock($Cache);
   }
 
   my $ModSeqRef = $Opts ? $Opts->{modseq} : undef;
-
-  if ($Opts && $Opts->{skip_unlock}) {
-    # Internal protocol (get_and_set, get_and_remove): the page stays
-    # locked and ownership of the lock passes to the caller.
-    if (defined $ModSeqRef) {
-      if (ref($ModSeqRef) ne 'SCALAR') {
-        fc_unlock($Cache);
-        die "get modseq option must be a scalar ref";
-      }
-      $$ModSeqRef = $ModSeq;
-    }
-    return ($Val, 1, {
-      ($Found ? (expire_on => $ExpireOn) : ()),
-      (defined $ModSeq ? (modseq => $ModSeq) : ()),
-    });
-  }
-
-  fc_unlock($Cache);
-
   if (defined $ModSeqRef) {
     die "get modseq option must be a scalar ref" if ref($ModSeqRef) ne 'SCALAR';
     $$ModSeqRef = $ModSeq;
   }
-  return $Val;
+  return $Self->_thaw($Val);
 }
 
 sub _exists_general {
-  my ($Self, $Key) = @_;
+  my ($Self, $KeyArg) = @_;
+  my $Key = _key_bytes($KeyArg);
   my $Cache = $Self->{Cache};
 
   my ($Page, $Slot) = fc_hash($Cache, $Key);
-  fc_lock($Cache, $Page);
-
-  my ($Found, $Ok, $Err);
-  {
-    local $@;
-    $Ok = eval { (undef, undef, $Found) = fc_read($Cache, $Slot, $Key); 1 };
-    $Err = $@ unless $Ok;
-  }
+  my $Lock = fc_lock_scoped($Cache, $Page);
+  my (undef, undef, $Found) = fc_read($Cache, $Slot, $Key);
   fc_unlock($Cache);
-  die $Err unless $Ok;
-
   return $Found ? 1 : 0;
 }
 
@@ -479,179 +474,197 @@ sub _exists_general {
 # Writing
 #----------------------------------------------------------------------------
 
-sub _set_general {
-  my ($Self, $Key) = ($_[0], $_[1]);
-  my $ValueRef = \$_[2];
-  my $Opts = defined $_[3] ? (ref $_[3] ? $_[3] : { expire_time => $_[3] }) : undef;
+# Writes already-frozen bytes into the locked page (making room first; the
+# modseq prefix is deliberately not counted).  Returns fc_write's 1/0/-1.
+sub _write_locked {
+  my ($Self, $Slot, $Key, $Val, $ExpireOn, $ModSeq) = @_;
+  $Self->_expunge_page(2, 1, length($Key) + (defined $Val ? length($Val) : 0));
+  my $Flags = $Self->{write_back} ? FC_ISDIRTY : 0;
+  return defined $ModSeq
+    ? fc_write($Self->{Cache}, $Slot, $Key, $Val, $ExpireOn, $Flags, $ModSeq)
+    : fc_write($Self->{Cache}, $Slot, $Key, $Val, $ExpireOn, $Flags);
+}
 
-  my $ExpireOn = _expire_on_from($Opts);
-  my $ModSeq;
-  $ModSeq = _modseq_arg($Opts->{modseq}, 'set')
-    if $Opts && defined $Opts->{modseq};
-
-  my $Cache = $Self->{Cache};
-  my ($Page, $Slot) = fc_hash($Cache, $Key);
-  fc_lock($Cache, $Page) unless $Opts && $Opts->{_locked};
-
-  my ($Stored, $Ok, $Err);
-  {
-    local $@;
-    $Ok = eval {
-      my $Val = $Self->{serialize} ? $Self->{serialize}->($ValueRef) : $$ValueRef;
-      $Val = $Self->{compress}->($Val) if $Self->{compress};
-
-      # Make room first; the modseq prefix is deliberately not counted.
-      $Self->_expunge_page(2, 1, length($Key) + (defined $Val ? length($Val) : 0));
-
-      my $Flags = $Self->{write_back} ? FC_ISDIRTY : 0;
-      $Stored = defined $ModSeq
-        ? fc_write($Cache, $Slot, $Key, $Val, $ExpireOn, $Flags, $ModSeq)
-        : fc_write($Cache, $Slot, $Key, $Val, $ExpireOn, $Flags);
-      1;
-    };
-    $Err = $@ unless $Ok;
-  }
-  fc_unlock($Cache);
-  die $Err unless $Ok;
-
-  # write_cb: always in write-through mode, and as a fallback when a
-  # write-back store did not fit.  A refused conditional store calls nothing.
+# write_cb after a store, outside the lock: always in write-through mode,
+# and as a fallback when a write-back store did not fit.  A refused
+# conditional store calls nothing.  Its errors are ignored, as upstream.
+sub _after_store {
+  my ($Self, $KeyArg, $ValueRef, $ExpireOn, $Stored) = @_;
   if ($Stored != -1 && (!$Self->{write_back} || $Stored != 1)
       && (my $write_cb = $Self->{write_cb})) {
     local $@;
-    eval { $write_cb->($Self->{context}, $Key, $$ValueRef, $ExpireOn); 1 };
+    eval { $write_cb->($Self->{context}, $KeyArg, $$ValueRef, $ExpireOn); 1 };
   }
+  return;
+}
 
+# (expire_on, modseq) of set-style options.
+sub _store_opts {
+  my ($Opts, $Who) = @_;
+  my $ModSeq;
+  $ModSeq = _modseq_arg($Opts->{modseq}, $Who) if $Opts && defined $Opts->{modseq};
+  return (_expire_on_from($Opts), $ModSeq);
+}
+
+sub _set_general {
+  my ($Self, $KeyArg) = ($_[0], $_[1]);
+  my $ValueRef = \$_[2];
+  my $Opts = defined $_[3] ? (ref $_[3] ? $_[3] : { expire_time => $_[3] }) : undef;
+
+  my ($ExpireOn, $ModSeq) = _store_opts($Opts, 'set');
+  my $Key = _key_bytes($KeyArg);
+  # Serialized before locking: a serializer that dies holds no lock.
+  my $Val = $Self->_freeze($ValueRef);
+
+  my $Cache = $Self->{Cache};
+  my ($Page, $Slot) = fc_hash($Cache, $Key);
+  my $Stored;
+  {
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    $Stored = $Self->_write_locked($Slot, $Key, $Val, $ExpireOn, $ModSeq);
+    fc_unlock($Cache);
+  }
+  $Self->_after_store($KeyArg, $ValueRef, $ExpireOn, $Stored);
   return $Stored == 1 ? 1 : 0;
 }
 
+# For get_and_set's XS fast path: the callback returned options, so the
+# store into the page the XS holds locked is done here.  Returns 1/0/-1.
+sub _store_locked_with_opts {
+  my ($Self, $Key, $Value, $Opts) = @_;
+  my ($ExpireOn, $ModSeq) = _store_opts($Opts, 'set');
+  my (undef, $Slot) = fc_hash($Self->{Cache}, $Key);
+  return $Self->_write_locked($Slot, $Key, $Self->_freeze(\$Value), $ExpireOn, $ModSeq);
+}
+
 sub _get_and_set_general {
-  my ($Self, $Key, $Sub) = @_;
+  my ($Self, $KeyArg, $Sub) = @_;
+  my $Key = _key_bytes($KeyArg);
   my $Cache = $Self->{Cache};
 
-  # Leaves the page locked on success; unlocks itself on failure.
-  my ($Value, undef, $GetOpts) = $Self->_get_general($Key, { skip_unlock => 1 });
-
-  my ($DidStore, $Ok, $Err) = (0);
+  my ($Page, $Slot) = fc_hash($Cache, $Key);
+  my ($Value, $DidStore, @New) = (undef, 0);
+  my ($ExpireOn, $Stored);
   {
-    local $@;
-    $Ok = eval {
-      my @New = $Sub->($Key, $Value, $GetOpts);
-      if (@New) {
-        my $SetOpts;
-        ($Value, $SetOpts) = @New;
-        die "get_and_set callback options must be a hash reference"
-          if defined $SetOpts && ref($SetOpts) ne 'HASH';
-        # set() takes over the lock and always releases it.
-        $DidStore = $Self->_set_general($Key, $Value, { _locked => 1, ($SetOpts ? %$SetOpts : ()) });
-      }
-      1;
-    };
-    $Err = $@ unless $Ok;
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    my ($Raw, $Found, $OldExpireOn, $ModSeq)
+      = $Self->_read_locked($Page, $Slot, $Key, $KeyArg, \$Lock);
+    # Upstream runs the deserializer and the callback under the lock.
+    $Value = $Self->_thaw($Raw);
+    my %GetOpts = (($Found ? (expire_on => $OldExpireOn) : ()),
+                   (defined $ModSeq ? (modseq => $ModSeq) : ()));
+    # $_[0] is a copy: the value is stored under the key as it was passed.
+    @New = $Sub->(my $KeyCopy = $KeyArg, $Value, \%GetOpts);
+    if (@New) {
+      my $SetOpts;
+      ($Value, $SetOpts) = @New;
+      die "get_and_set callback options must be a hash reference"
+        if defined $SetOpts && ref($SetOpts) ne 'HASH';
+      my $ModSeqArg;
+      ($ExpireOn, $ModSeqArg) = _store_opts($SetOpts, 'set');
+      $Stored = $Self->_write_locked($Slot, $Key, $Self->_freeze(\$Value), $ExpireOn, $ModSeqArg);
+      $DidStore = $Stored == 1 ? 1 : 0;
+    }
+    fc_unlock($Cache);
   }
-  fc_unlock($Cache) if fc_is_locked($Cache);
-  die $Err unless $Ok;
+  $Self->_after_store($KeyArg, \$Value, $ExpireOn, $Stored) if @New;
 
   return wantarray ? ($Value, $DidStore) : $Value;
 }
 
+# Removes $Key from the locked page (a tombstone with a modseq option).
+# Returns (deleted, flags of the deleted entry).
+sub _remove_locked {
+  my ($Self, $Slot, $Key, $ModSeq, $Opts) = @_;
+  my $Cache = $Self->{Cache};
+  return fc_delete($Cache, $Slot, $Key) unless defined $ModSeq;
+
+  my $ExpireOn;
+  if (defined $Opts->{expire_on}) {
+    $ExpireOn = $Opts->{expire_on};
+  }
+  elsif (defined $Opts->{expire_time}) {
+    $ExpireOn = parse_expire_time($Opts->{expire_time}, _time());
+  }
+  elsif ($Self->{tombstone_expire_time}) {
+    $ExpireOn = _time() + $Self->{tombstone_expire_time};
+  }
+  else {
+    $ExpireOn = -1;
+  }
+  $Self->_expunge_page(2, 1, length($Key) + 8);
+  return (fc_tombstone($Cache, $Slot, $Key, $ExpireOn, $ModSeq), 0);
+}
+
+# delete_cb after a remove, outside the lock.  A dirty entry that was never
+# written back is dropped silently: the backing store never knew about it.
+sub _after_remove {
+  my ($Self, $KeyArg, $DidDel, $Flags) = @_;
+  if ((!$DidDel || !(($Flags || 0) & FC_ISDIRTY))
+      && (my $delete_cb = $Self->{delete_cb})) {
+    local $@;
+    eval { $delete_cb->($Self->{context}, $KeyArg); 1 };
+  }
+  return;
+}
+
 sub _remove_general {
-  my ($Self, $Key, $Opts) = @_;
+  my ($Self, $KeyArg, $Opts) = @_;
   $Opts = undef unless ref $Opts && Scalar::Util::reftype($Opts) eq 'HASH';
 
   my $ModSeq;
   $ModSeq = _modseq_arg($Opts->{modseq}, 'remove')
     if $Opts && defined $Opts->{modseq};
+  my $Key = _key_bytes($KeyArg);
 
   my $Cache = $Self->{Cache};
   my ($Page, $Slot) = fc_hash($Cache, $Key);
-  fc_lock($Cache, $Page) unless $Opts && $Opts->{_locked};
-
-  my ($DidDel, $Flags, $Ok, $Err) = (0, 0);
+  my ($DidDel, $Flags);
   {
-    local $@;
-    $Ok = eval {
-      if (defined $ModSeq) {
-        my $ExpireOn;
-        if (defined $Opts->{expire_on}) {
-          $ExpireOn = $Opts->{expire_on};
-        }
-        elsif (defined $Opts->{expire_time}) {
-          $ExpireOn = parse_expire_time($Opts->{expire_time}, _time());
-        }
-        elsif ($Self->{tombstone_expire_time}) {
-          $ExpireOn = _time() + $Self->{tombstone_expire_time};
-        }
-        else {
-          $ExpireOn = -1;
-        }
-        $Self->_expunge_page(2, 1, length($Key) + 8);
-        $DidDel = fc_tombstone($Cache, $Slot, $Key, $ExpireOn, $ModSeq);
-        $Flags = 0;
-      }
-      else {
-        ($DidDel, $Flags) = fc_delete($Cache, $Slot, $Key);
-      }
-      1;
-    };
-    $Err = $@ unless $Ok;
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    ($DidDel, $Flags) = $Self->_remove_locked($Slot, $Key, $ModSeq, $Opts);
+    fc_unlock($Cache);
   }
-  fc_unlock($Cache);
-  die $Err unless $Ok;
-
-  # A dirty entry that was never written back is dropped silently: the
-  # backing store never knew about it.
-  if ((!$DidDel || !(($Flags || 0) & FC_ISDIRTY))
-      && (my $delete_cb = $Self->{delete_cb})) {
-    local $@;
-    eval { $delete_cb->($Self->{context}, $Key); 1 };
-  }
-
+  $Self->_after_remove($KeyArg, $DidDel, $Flags);
   return $DidDel ? 1 : 0;
 }
 
 sub get_and_remove {
-  my ($Self, $Key) = @_;
-  my $Cache = $Self->{Cache};
-
-  my ($Value) = $Self->_get_general($Key, { skip_unlock => 1 });
-
-  my ($DidDel, $Ok, $Err);
-  {
-    local $@;
-    $Ok = eval { $DidDel = $Self->_remove_general($Key, { _locked => 1 }); 1 };
-    $Err = $@ unless $Ok;
-  }
-  fc_unlock($Cache) if fc_is_locked($Cache);
-  die $Err unless $Ok;
-
-  return wantarray ? ($Value, $DidDel) : $Value;
-}
-
-sub expire {
-  my ($Self, $Key) = @_;
+  my ($Self, $KeyArg) = @_;
+  my $Key = _key_bytes($KeyArg);
   my $Cache = $Self->{Cache};
 
   my ($Page, $Slot) = fc_hash($Cache, $Key);
-  fc_lock($Cache, $Page);
-
-  my ($Val, $Flags, $Found, $ExpireOn, $Ok, $Err);
+  my ($Raw, $DidDel, $Flags);
   {
-    local $@;
-    $Ok = eval {
-      ($Val, $Flags, $Found, $ExpireOn) = fc_read($Cache, $Slot, $Key);
-      fc_delete($Cache, $Slot, $Key) if $Found;
-      1;
-    };
-    $Err = $@ unless $Ok;
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    ($Raw) = $Self->_read_locked($Page, $Slot, $Key, $KeyArg, \$Lock);
+    ($DidDel, $Flags) = $Self->_remove_locked($Slot, $Key);
+    fc_unlock($Cache);
   }
-  fc_unlock($Cache);
-  die $Err unless $Ok;
+  $Self->_after_remove($KeyArg, $DidDel, $Flags);
+  my $Value = $Self->_thaw($Raw);
+  return wantarray ? ($Value, $DidDel ? 1 : 0) : $Value;
+}
+
+sub expire {
+  my ($Self, $KeyArg) = @_;
+  my $Key = _key_bytes($KeyArg);
+  my $Cache = $Self->{Cache};
+
+  my ($Page, $Slot) = fc_hash($Cache, $Key);
+  my ($Val, $Flags, $Found, $ExpireOn);
+  {
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    ($Val, $Flags, $Found, $ExpireOn) = fc_read($Cache, $Slot, $Key);
+    fc_delete($Cache, $Slot, $Key) if $Found;
+    fc_unlock($Cache);
+  }
 
   if ($Found && ($Flags & FC_ISDIRTY) && (my $write_cb = $Self->{write_cb})) {
     $Val = $Self->_thaw($Val);
     local $@;
-    eval { $write_cb->($Self->{context}, $Key, $Val, $ExpireOn); 1 };
+    eval { $write_cb->($Self->{context}, $KeyArg, $Val, $ExpireOn); 1 };
   }
 
   return $Found ? 1 : 0;
@@ -697,21 +710,12 @@ sub get_statistics {
   my ($NReads, $NReadHits) = (0, 0);
 
   for my $Page (0 .. int($Self->{num_pages}) - 1) {
-    fc_lock($Cache, $Page);
-    my ($Ok, $Err);
-    {
-      local $@;
-      $Ok = eval {
-        my ($Reads, $Hits) = fc_get_page_details($Cache);
-        $NReads    += $Reads;
-        $NReadHits += $Hits;
-        fc_reset_page_details($Cache) if $Clear;
-        1;
-      };
-      $Err = $@ unless $Ok;
-    }
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    my ($Reads, $Hits) = fc_get_page_details($Cache);
+    $NReads    += $Reads;
+    $NReadHits += $Hits;
+    fc_reset_page_details($Cache) if $Clear;
     fc_unlock($Cache);
-    die $Err unless $Ok;
   }
 
   return ($NReads, $NReadHits);
@@ -727,62 +731,49 @@ sub repaired_pages {
 #----------------------------------------------------------------------------
 
 sub _multi_get_general {
-  my ($Self, $PageKey, $Keys) = @_;
+  my ($Self, $PageKeyArg, $Keys) = @_;
   my $Cache = $Self->{Cache};
+  my $PageKey = _key_bytes($PageKeyArg);
+  my @Keys = map { _key_bytes($_) } @$Keys;
 
   my ($Page) = fc_hash($Cache, $PageKey);
-  fc_lock($Cache, $Page);
-
-  my (%Found, $Ok, $Err);
+  my %Raw;
   {
-    local $@;
-    $Ok = eval {
-      for my $Key (@$Keys) {
-        my $FullKey = "$PageKey-$Key";
-        my (undef, $Slot) = fc_hash($Cache, $FullKey);
-        my ($Val, undef, $Hit) = fc_read($Cache, $Slot, $FullKey);
-        next unless $Hit;
-        $Found{$Key} = $Self->_thaw($Val);
-      }
-      1;
-    };
-    $Err = $@ unless $Ok;
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    for my $Key (@Keys) {
+      my $FullKey = "$PageKey-$Key";
+      my (undef, $Slot) = fc_hash($Cache, $FullKey);
+      my ($Val, undef, $Hit) = fc_read($Cache, $Slot, $FullKey);
+      $Raw{$Key} = $Val if $Hit;
+    }
+    fc_unlock($Cache);
   }
-  fc_unlock($Cache);
-  die $Err unless $Ok;
 
+  my %Found;
+  $Found{$_} = $Self->_thaw($Raw{$_}) for keys %Raw;
   return \%Found;
 }
 
 sub _multi_set_general {
-  my ($Self, $PageKey, $KVs) = @_;
+  my ($Self, $PageKeyArg, $KVs) = @_;
   my $Opts = defined $_[3] ? (ref $_[3] ? $_[3] : { expire_time => $_[3] }) : undef;
   my $ExpireOn = _expire_on_from($Opts);
   my $Cache = $Self->{Cache};
+  my $PageKey = _key_bytes($PageKeyArg);
+
+  # Every value serialized before locking: a die writes nothing.
+  my @Items = map { ["$PageKey-$_", $Self->_freeze(\$KVs->{$_})] } keys %$KVs;
 
   my ($Page) = fc_hash($Cache, $PageKey);
-  fc_lock($Cache, $Page);
-
-  my ($Ok, $Err);
-  {
-    local $@;
-    $Ok = eval {
-      for my $Key (keys %$KVs) {
-        my $FullKey = "$PageKey-$Key";
-        my (undef, $Slot) = fc_hash($Cache, $FullKey);
-        my $Val = $Self->{serialize} ? $Self->{serialize}->(\$KVs->{$Key}) : $KVs->{$Key};
-        $Val = $Self->{compress}->($Val) if $Self->{compress};
-        $Self->_expunge_page(2, 1, length($FullKey) + (defined $Val ? length($Val) : 0));
-        # multi_set values are always clean; a failed store is ignored.
-        fc_write($Cache, $Slot, $FullKey, $Val, $ExpireOn, 0);
-      }
-      1;
-    };
-    $Err = $@ unless $Ok;
+  my $Lock = fc_lock_scoped($Cache, $Page);
+  for my $Item (@Items) {
+    my ($FullKey, $Val) = @$Item;
+    my (undef, $Slot) = fc_hash($Cache, $FullKey);
+    $Self->_expunge_page(2, 1, length($FullKey) + (defined $Val ? length($Val) : 0));
+    # multi_set values are always clean; a failed store is ignored.
+    fc_write($Cache, $Slot, $FullKey, $Val, $ExpireOn, 0);
   }
   fc_unlock($Cache);
-  die $Err unless $Ok;
-
   return 1;
 }
 
@@ -796,22 +787,17 @@ sub _expunge_all {
   my $Cache = $Self->{Cache};
 
   for my $Page (0 .. int($Self->{num_pages}) - 1) {
-    fc_lock($Cache, $Page);
-    my ($Ok, $Err);
-    {
-      local $@;
-      $Ok = eval { $Self->_expunge_page($Mode, $WB, -1); 1 };
-      $Err = $@ unless $Ok;
-    }
+    my $Lock = fc_lock_scoped($Cache, $Page);
+    $Self->_expunge_page($Mode, $WB, -1);
     fc_unlock($Cache);
-    die $Err unless $Ok;
   }
   return '';
 }
 
 # Expunge the currently locked page.  Mode 0: expired entries, 1: everything,
 # 2: make room for $Len bytes (LRU).  With $WB in a write-back cache, dirty
-# entries leaving the page are handed to write_cb while the page is locked.
+# entries leaving the page are handed to write_cb while the page is locked
+# (as upstream; the caller's scoped lock releases it if anything dies).
 sub _expunge_page {
   my ($Self, $Mode, $WB, $Len) = @_;
   my $write_cb = ($WB && $Self->{write_back}) ? $Self->{write_cb} : undef;
@@ -871,9 +857,7 @@ sub cleanup {
   my $Creator = defined $Self->{pid} && $Self->{pid} == $$;
   my $Cache = $Self->{Cache};
   # The handle may already be gone (global destruction order is undefined).
-  my $Alive = !ref($Cache) ? 0
-    : Scalar::Util::reftype($Cache) ne 'SCALAR' ? 1
-    : ${$Cache} ? 1 : 0;
+  my $Alive = ref($Cache) && fc_is_open($Cache) ? 1 : 0;
 
   my ($Ok, $Err) = (1);
   if ($Self->{empty_on_exit} && $Creator && $Alive) {
