@@ -87,6 +87,7 @@ sub leftovers {   # temporary files a failed creation left next to $path
 
     SKIP: {
         my $node = "$dir/null-copy";
+        # machine: mknod of a device node needs root (and CAP_MKNOD)
         skip 'cannot mknod (not root?)', 3
             unless system('mknod', $node, 'c', '1', '3') == 0 && -c $node;
         ($c, $err) = try_new(share_file => $node, init_file => 1);
@@ -125,12 +126,13 @@ sub leftovers {   # temporary files a failed creation left next to $path
     like($err, qr/NUL/i, 'the croak says why');
 
     SKIP: {
-        # an unwritable directory: as root, permissions do not apply, so
-        # drop to an unprivileged user in a child
+        # an unwritable directory (mode 0555, ours).  As root, permissions
+        # do not apply, so the child drops to the unprivileged user "nobody".
         my ($uid, $gid) = (getpwnam('nobody'))[2, 3];
-        skip 'no user "nobody"', 3 unless defined $uid;
+        # machine: root without a "nobody" user to drop to
+        skip 'running as root and there is no user "nobody"', 3 if $> == 0 && !defined $uid;
         my $ro = File::Temp::tempdir('fmtest-ro-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-        chmod 0755, $ro or die;
+        chmod 0555, $ro or die "chmod $ro: $!";
         my $target = "$ro/cache";
         pipe(my $r, my $w) or die;
         my $st = FMTest::run_in_child(30, sub {
@@ -139,7 +141,7 @@ sub leftovers {   # temporary files a failed creation left next to $path
                 POSIX::setgid($gid);
                 POSIX::setuid($uid);
             }
-            return 7 if $> == 0 && $< == 0;     # could not drop root
+            return 7 if $> == 0 || $< == 0;     # could not drop root
             my ($c, $err) = try_new(share_file => $target);
             print $w $c ? "CREATED" : $err;
             close $w;
@@ -147,6 +149,8 @@ sub leftovers {   # temporary files a failed creation left next to $path
         });
         close $w;
         my $msg = do { local $/; <$r> } // '';
+        chmod 0755, $ro;
+        # machine: root, but setuid is not permitted (no CAP_SETUID)
         skip 'cannot drop root privileges here', 3 if FMTest::describe_status($st) eq 'exit 7';
         is(FMTest::describe_status($st), 'exit 0', 'unwritable directory: child ran');
         like($msg, qr/\Q$target\E/, 'unwritable directory: the croak names the path');
@@ -169,7 +173,8 @@ if ($c) { $c->set("k$_", "v" x 1000) for 1 .. 2000; print "SURVIVED\n" }
 EOS
     my @inc = map { "-I$_" } grep { !ref } @INC;
     open my $out, '-|', 'sh', '-c', 'ulimit -f 1000 && exec "$@"', 'sh',
-        $^X, @inc, '-e', $script, $target or skip "cannot run sh: $!", 6;
+        $^X, @inc, '-e', $script, $target
+        or skip "cannot run sh: $!", 6;    # machine: no /bin/sh to set the ulimit
     my $text = do { local $/; <$out> };
     close $out;
     my $st = $?;

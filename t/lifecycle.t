@@ -178,9 +178,11 @@ sub run_perl {
 
 # ------------------------------------------------------ CLONE / threads
 SKIP: {
+    # machine: a perl built without ithreads has no CLONE to test
     skip 'perl without ithreads', 4 unless $Config{useithreads};
     my @I = map { "-I$_" } grep { !ref } @INC;
     my $ctl = run_perl(@I, '-e', 'require threads; threads->create(sub { 1 })->join; print "survived\n"');
+    # machine: threads fail here even without Cache::FastMmap loaded
     skip "threads not usable here: $ctl", 4 unless $ctl =~ /survived/;
     pass('control: threads work without Cache::FastMmap');
     my $out = run_perl(@I, '-e', <<'CODE');
@@ -199,6 +201,7 @@ CODE
 
 # ------------------------------------------------------ FD_CLOEXEC
 SKIP: {
+    # machine: no procfs (a kernel feature) to list fds and their flags
     skip 'no /proc/self/fd', 4 unless -d '/proc/self/fd' && -r '/proc/self/fdinfo';
     is(scalar(our_fds()), 0, 'no share-file fds before');
     my $c = FMTest::new_cache(num_pages => 3, page_size => 8192);
@@ -220,6 +223,7 @@ SKIP: {
 
 # ------------------------------------------------------ no fd / mapping leaks
 SKIP: {
+    # machine: no procfs (a kernel feature) to count fds and mappings
     skip 'no /proc/self/fd', 3 unless -d '/proc/self/fd';
     { my $w = FMTest::new_cache(num_pages => 3, page_size => 8192); $w->set('a', 1); $w->get('a') }
     my ($fd0, $maps0) = (fd_count(), our_maps());
@@ -240,6 +244,7 @@ SKIP: {
 # 2000 constructions and destructions must not grow the process (SPEC 5.13:
 # under 500 KB); measured after a warm-up so that allocator pools settle.
 SKIP: {
+    # machine: no procfs (a kernel feature) to read the RSS from
     skip 'no /proc/self/status', 1 unless -r '/proc/self/status';
     my $rss = sub {
         open(my $fh, '<', '/proc/self/status') or return 0;

@@ -272,4 +272,16 @@ sub need_modules {
     Test::More::plan(skip_all => "@missing not installed");
 }
 
+# have_module($module): true when the optional module loads.  For a part of
+# a test (a SKIP block, one more case in a loop) that needs it:
+#     skip "$module not installed", $n unless FMTest::have_module($module);
+# Under FASTMMAP_CI a missing module also records a failure.
+sub have_module {
+    my ($module) = @_;
+    return 1 if eval "require $module; 1";
+    Test::More::fail("FASTMMAP_CI is set but $module cannot be loaded: $@")
+        if $ENV{FASTMMAP_CI};
+    return 0;
+}
+
 1;

@@ -51,6 +51,16 @@ sub need {
     exit 0;
 }
 
+# want($what, $ok): for a part of a test that needs something optional:
+#     skip "$what is missing", $n unless XTServer::want($what, $ok);
+# True when $ok; otherwise false, and under FASTMMAP_CI also a failure.
+sub want {
+    my ($what, $ok) = @_;
+    return 1 if $ok;
+    Test::More::fail("$what is missing, and FASTMMAP_CI is set") if $ENV{FASTMMAP_CI};
+    return 0;
+}
+
 sub have_module {
     my ($mod) = @_;
     return eval "require $mod; 1" ? 1 : 0;
