@@ -1322,6 +1322,10 @@ C<($value, $did_store)>.
 
 The callback runs with a page locked, so it must not use the same cache
 object (that croaks with C<... already locked ...>) and should be quick.
+Its C<$_[0]> is a copy of the key: whatever the callback does to it, or to
+the caller's variable, the new value is stored under the key as it was
+passed (1.57 also passed a copy, but then stored under the changed copy, in
+a page that may not be the key's).
 
 =head2 exists($key)
 
@@ -1428,7 +1432,9 @@ C<multi_get>, not through C<get>.
 Stores all the key/value pairs of C<%pairs> in the page chosen by
 C<$page_key>, under one lock.  Expiry options are those of C<set>.  Values
 stored this way are never dirty and C<write_cb> is not called for them;
-individual pairs that do not fit are skipped silently.  Returns 1.
+individual pairs that do not fit are skipped silently.  Returns 1.  Every
+value is serialized before the page is locked, so a serializer that dies
+stores none of the pairs.
 
 =head2 repaired_pages()
 
@@ -1554,8 +1560,57 @@ correctly.  A child never empties or deletes the cache on exit, even with
 C<empty_on_exit> or C<unlink_on_exit>; only the creating process does.  The
 file descriptor is closed on C<exec>.
 
+A child forked while its parent holds a page lock (from inside a callback)
+inherits the object but not the lock.  Its first call that would touch that
+page croaks with C<page N was locked by the parent process when this process
+forked>, and from then on the child's object works normally, on that page
+too (it waits for the parent to release it, like any other process).
+
 Perl threads are not supported: loading the module makes the creation of any
 thread die with C<Cache::FastMmap does not support threads sorry>.
+
+=head1 SAFETY
+
+A page lock never outlives the call that took it, whatever happens during
+the call:
+
+=over 4
+
+=item *
+
+Keys and values are turned into bytes before any page is locked: C<FETCH>
+of a tied scalar, get-magic and C<""> overloading run first.  Such code may
+die (nothing is locked yet) or even use the cache itself (it works).
+
+=item *
+
+The only Perl code that runs while a page is locked is what upstream runs
+there: the C<get_and_set> callback, C<read_cb>, C<write_cb> for entries a
+write-back cache evicts, and the serializers these need.  A die from any of
+them, or from a C<$SIG{ALRM}> or other signal handler that fires
+meanwhile, releases the lock as it unwinds (the lock is held by a guard
+object, created before the lock is taken, that unlocks when its scope is
+left).  The error then propagates unchanged.
+
+=item *
+
+Warnings from the engine (a repaired page) are issued only after the lock
+is released, so a C<$SIG{__WARN__}> handler that dies, or that uses or
+closes the cache, is safe.
+
+=item *
+
+Perl code that closes the cache during a call (C<cleanup> from a callback
+or a key's stringification) makes the call croak with a message saying so;
+the handle is never used after it was freed.  The handle itself is kept
+where Perl code cannot copy or forge it.
+
+=back
+
+What is not covered: a process killed while it holds a lock, which the
+robust locks handle (the next locker repairs the page, see
+L</"DIFFERENCES FROM THE C IMPLEMENTATION">), and a callback that never
+returns, which keeps its page locked as long as it runs.
 
 =head1 DIFFERENCES FROM THE C IMPLEMENTATION
 
@@ -1636,7 +1691,16 @@ changed: it is read on every callback.)
 
 A serializer is called before the page is locked, rather than while it is
 locked as in 1.63, so a serializer that uses the cache itself does not
-deadlock.
+deadlock.  The same holds for C<multi_set> and for deserializers in C<get>,
+C<get_and_remove> and C<multi_get>, which run after the lock is released.
+Only C<get_and_set> and values coming from C<read_cb> are still serialized
+under the lock, as they must be stored atomically.
+
+=item Internal lock-passing options are ignored
+
+Upstream's internal C<skip_unlock> option of C<get> (return with the page
+still locked) and C<_locked> option of C<set> and C<remove> (write without
+locking) are ignored: a lock never outlives a call (see L</SAFETY>).
 
 =item Additions
 
