@@ -103,9 +103,32 @@ fcx_handle_mg_free(pTHX_ SV *sv, MAGIC *mg)
     return 0;
 }
 
-/* mg_dup is absent on purpose: a new ithread's copy has no magic, so it can
- * never reach (or free) this interpreter's handle. */
-static MGVTBL fcx_handle_vtbl = { NULL, NULL, NULL, NULL, fcx_handle_mg_free, NULL, NULL, NULL };
+#ifdef USE_ITHREADS
+/* A new ithread (or a cloned mod_perl interpreter) gets a copy of this magic
+ * that points nowhere: each interpreter opens its own handle (CLONE in the
+ * Perl layer), and only the one that made a handle frees it. */
+static int
+fcx_mg_dup_detach(pTHX_ MAGIC *mg, CLONE_PARAMS *param)
+{
+    PERL_UNUSED_ARG(param);
+    mg->mg_ptr = NULL;
+    return 0;
+}
+#define FCX_MG_DUP fcx_mg_dup_detach
+#else
+#define FCX_MG_DUP NULL
+#endif
+
+static MGVTBL fcx_handle_vtbl = { NULL, NULL, NULL, NULL, fcx_handle_mg_free, NULL, FCX_MG_DUP, NULL };
+
+/* sv_magicext with the duplication hook armed (see fcx_mg_dup_detach). */
+static MAGIC *
+fcx_magic_private(pTHX_ SV *sv, MGVTBL *vtbl, void *ptr)
+{
+    MAGIC *mg = sv_magicext(sv, NULL, PERL_MAGIC_ext, vtbl, (const char *)ptr, 0);
+    mg->mg_flags |= MGf_DUP;
+    return mg;
+}
 
 /* The handle magic of the scalar inner, or NULL. */
 static MAGIC *
@@ -323,7 +346,7 @@ fcx_scope_mg_free(pTHX_ SV *sv, MAGIC *mg)
     return 0;
 }
 
-static MGVTBL fcx_scope_vtbl = { NULL, NULL, NULL, NULL, fcx_scope_mg_free, NULL, NULL, NULL };
+static MGVTBL fcx_scope_vtbl = { NULL, NULL, NULL, NULL, fcx_scope_mg_free, NULL, FCX_MG_DUP, NULL };
 
 /* ------------------------------------------------------------------------
  * FAST PATHS
@@ -688,7 +711,7 @@ fc_new()
     /* The IV only tells the Perl layer open (1) from closed (0); the
      * pointer is in the magic, where Perl code cannot reach it. */
     inner = newSViv(1);
-    sv_magicext(inner, NULL, PERL_MAGIC_ext, &fcx_handle_vtbl, (const char *)x, 0);
+    fcx_magic_private(aTHX_ inner, &fcx_handle_vtbl, x);
     RETVAL = sv_bless(newRV_noinc(inner), gv_stashpv(FCX_HANDLE_CLASS, GV_ADD));
   OUTPUT:
     RETVAL
@@ -785,7 +808,7 @@ fc_lock_scoped(obj, page)
     ref = sv_2mortal(newRV_noinc(guard));
     Newxz(s, 1, FcxScopeLock);
     s->inner = SvREFCNT_inc_simple_NN(SvRV(obj));
-    sv_magicext(guard, NULL, PERL_MAGIC_ext, &fcx_scope_vtbl, (const char *)s, 0);
+    fcx_magic_private(aTHX_ guard, &fcx_scope_vtbl, s);
     if (fc_lock(x->c, (uint32_t)page) != 0)
         fcx_done(aTHX_ x->c, -1);
     s->gen = ++x->lock_gen;
@@ -1073,12 +1096,14 @@ fc_attach(self, h)
     SV *h
   CODE:
     /* Lets the fast paths find $self's handle (see fcx_self); the magic holds
-     * a reference to the handle scalar, whose magic fc_close detaches. */
+     * a reference to the handle scalar, whose magic fc_close detaches.  A
+     * previous attachment (an object cloned into a new thread, which gets a
+     * handle of its own) is replaced. */
     (void)fcx_xhandle(aTHX_ h);
     if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV)
         croak("%s", "fc_attach: not a cache object");
-    if (!fcx_self(aTHX_ self))
-        sv_magicext(SvRV(self), SvRV(h), PERL_MAGIC_ext, &fcx_obj_vtbl, NULL, 0);
+    sv_unmagicext(SvRV(self), PERL_MAGIC_ext, &fcx_obj_vtbl);
+    sv_magicext(SvRV(self), SvRV(h), PERL_MAGIC_ext, &fcx_obj_vtbl, NULL, 0);
 
 void
 get(self, ...)
@@ -1507,9 +1532,9 @@ PROTOTYPES: DISABLE
 int
 CLONE_SKIP(...)
   CODE:
-    /* A new ithread must not get a copy of a live handle: its copy of the
-     * handle scalar would have no magic anyway (no mg_dup), and with
-     * CLONE_SKIP it is an unblessed, empty reference. */
+    /* A new ithread's copy of a handle would point nowhere anyway (see
+     * fcx_mg_dup_detach); skipping it makes it an unblessed, empty
+     * reference until the Perl layer's CLONE gives the object a new one. */
     PERL_UNUSED_VAR(items);
     RETVAL = 1;
   OUTPUT:

@@ -41,6 +41,9 @@ require XSLoader;
 # references (see new, DESTROY and END).
 our %LiveCaches;
 
+# Every live object (weak references), for CLONE.
+our %AllCaches;
+
 use constant FC_ISDIRTY => 1;
 
 # Process-wide clock override used by _time (and mirrored into the engine).
@@ -327,25 +330,52 @@ sub new {
     = ($Args{unlink_on_exit}, $enable_stats);
 
   $Self->{pid} = $$;
+  $Self->{tid} = _thread_id();
 
   # -- hand everything to the engine
-  my $Cache = $Self->{Cache} = fc_new();
-  fc_set_param($Cache, 'init_file',   $init_file);
-  fc_set_param($Cache, 'test_file',   $test_file);
-  fc_set_param($Cache, 'page_size',   int($page_size));
-  fc_set_param($Cache, 'num_pages',   int($num_pages));
-  fc_set_param($Cache, 'expire_time', $expire_time);
-  fc_set_param($Cache, 'share_file',  $share_file);
-  fc_set_param($Cache, 'permissions', $permissions) if defined $permissions;
-  fc_set_param($Cache, 'start_slots', $start_slots);
-  fc_set_param($Cache, 'catch_deadlocks', $catch_deadlocks);
-  fc_set_param($Cache, 'enable_stats', $enable_stats);
+  $Self->{_engine_params} = [
+    init_file   => $init_file,
+    test_file   => $test_file,
+    page_size   => int($page_size),
+    num_pages   => int($num_pages),
+    expire_time => $expire_time,
+    share_file  => $share_file,
+    (defined $permissions ? (permissions => $permissions) : ()),
+    start_slots => $start_slots,
+    catch_deadlocks => $catch_deadlocks,
+    enable_stats    => $enable_stats,
+  ];
+  $Self->_open_handle;
+  # Every object, so that a new thread can give each its own handle (CLONE).
+  Scalar::Util::weaken($AllCaches{"$Self"} = $Self);
+
+  if ($empty_on_exit) {
+    Scalar::Util::weaken($LiveCaches{"$Self"} = $Self);
+  }
+
+  return $Self;
+}
+
+# Makes this interpreter's engine handle for the object: opens the share file
+# with the object's parameters and fixes the fast-path policy.  Called by new
+# and, in a new thread, by CLONE (then without init_file or test_file: the
+# file is live and shared).
+sub _open_handle {
+  my ($Self, $Reopen) = @_;
+  my %Params = @{ $Self->{_engine_params} };
+  @Params{qw(init_file test_file)} = (0, 0) if $Reopen;
+  my @Order = grep { exists $Params{$_} } qw(init_file test_file page_size num_pages
+    expire_time share_file permissions start_slots catch_deadlocks enable_stats);
+
+  my $Cache = fc_new();
+  fc_set_param($Cache, $_, $Params{$_}) for @Order;
   fc_init($Cache);
 
   # The fast paths (one XS call per get/set/...; see xs/FastMmap.xs) apply
   # only where no callback could be needed; everything else runs the
   # _*_general methods below.  Callbacks, serializers and compressors are
   # therefore fixed when the object is built.
+  my $write_back = $Self->{write_back};
   my $Policy = 0x20;                                          # exists, multi_get
   $Policy |= 0x01 unless $Self->{read_cb};                    # get
   $Policy |= 0x02 unless $Self->{write_cb};                   # set
@@ -361,13 +391,14 @@ sub new {
   fc_set_policy($Cache, $Policy, $write_back ? 1 : 0, $FastSer, $FastDeser,
     ($Self->{compress} ? ($Self->{compress}, $Self->{uncompress}) : (undef, undef)));
   fc_set_storable_flags($Cache) if $Direct;
+  $Self->{Cache} = $Cache;
   fc_attach($Self, $Cache);
+  return;
+}
 
-  if ($empty_on_exit) {
-    Scalar::Util::weaken($LiveCaches{"$Self"} = $Self);
-  }
-
-  return $Self;
+# The current ithread's id (0 without threads).
+sub _thread_id {
+  return $INC{'threads.pm'} && defined &threads::tid ? threads->tid : 0;
 }
 
 #----------------------------------------------------------------------------
@@ -854,7 +885,10 @@ sub cleanup {
   return if $Self->{cleaned};
   $Self->{cleaned} = 1;
 
-  my $Creator = defined $Self->{pid} && $Self->{pid} == $$;
+  # Only the process, and the thread, that created the object empties or
+  # deletes the file: never a forked child, never a thread's copy.
+  my $Creator = defined $Self->{pid} && $Self->{pid} == $$
+    && ($Self->{tid} || 0) == _thread_id();
   my $Cache = $Self->{Cache};
   # The handle may already be gone (global destruction order is undefined).
   my $Alive = ref($Cache) && fc_is_open($Cache) ? 1 : 0;
@@ -881,6 +915,7 @@ sub DESTROY {
   my $Self = shift;
   $Self->cleanup;
   delete $LiveCaches{"$Self"} if $Self->{empty_on_exit};
+  delete $AllCaches{"$Self"};
 }
 
 sub END {
@@ -892,8 +927,23 @@ sub END {
   %LiveCaches = ();
 }
 
+# A new ithread (or a mod_perl interpreter clone) starts with copies of the
+# objects whose engine handles point nowhere (see xs/FastMmap.xs).  Each copy
+# gets a handle of its own on the same file: its own lock state, the same
+# shared pages.  Keys of the registries are addresses, which differ in the
+# copy, so they are rebuilt.
 sub CLONE {
-  die "Cache::FastMmap does not support threads sorry";
+  my @Objects = grep { defined } values %AllCaches;
+  %AllCaches = ();
+  for my $Self (@Objects) {
+    Scalar::Util::weaken($AllCaches{"$Self"} = $Self);
+    next if $Self->{cleaned};
+    $Self->_open_handle(1);
+  }
+  my @Live = grep { defined } values %LiveCaches;
+  %LiveCaches = ();
+  Scalar::Util::weaken($LiveCaches{"$_"} = $_) for @Live;
+  return;
 }
 
 1;
@@ -1566,8 +1616,42 @@ page croaks with C<page N was locked by the parent process when this process
 forked>, and from then on the child's object works normally, on that page
 too (it waits for the parent to release it, like any other process).
 
-Perl threads are not supported: loading the module makes the creation of any
-thread die with C<Cache::FastMmap does not support threads sorry>.
+=head2 Threads
+
+Perl ithreads work, and so do mod_perl's threaded MPMs (worker, event),
+which clone interpreters the same way.  What is shared and what is not:
+
+=over 4
+
+=item *
+
+The cache file and its contents are shared by every thread and process.
+Threads and processes exclude each other on every page: a page lock is held
+by one thread, and another thread of the same process waits for it like
+another process would.
+
+=item *
+
+Each thread has its own handle.  An object that exists when a thread is
+created is copied into the new thread, and the copy opens the share file
+again (a C<CLONE> costs one C<open> and C<mmap> per live object, no copy of
+the data).  Lock ownership, the "one locked page per object" rule and
+C<repaired_pages> are per thread.  Objects created inside a thread belong to
+that thread.
+
+=item *
+
+C<empty_on_exit> and C<unlink_on_exit> act only in the thread (and process)
+that created the object: a thread's copies never empty or delete the file
+when the thread ends.
+
+=item *
+
+The time override used by the test helpers is process-wide in the engine.
+
+=back
+
+A thread that dies, or exits, inside a callback releases the page it held.
 
 =head1 SAFETY
 
@@ -1695,6 +1779,12 @@ deadlock.  The same holds for C<multi_set> and for deserializers in C<get>,
 C<get_and_remove> and C<multi_get>, which run after the lock is released.
 Only C<get_and_set> and values coming from C<read_cb> are still serialized
 under the lock, as they must be stored atomically.
+
+=item Threads work
+
+Every version of the C implementation dies in C<CLONE> (C<Cache::FastMmap
+does not support threads sorry>), so no threaded program or threaded
+mod_perl MPM could use it.  Here threads are supported; see L</Threads>.
 
 =item Internal lock-passing options are ignored
 
