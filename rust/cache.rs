@@ -243,6 +243,15 @@ impl Cache {
         Ok(())
     }
 
+    /// A new handle on the same open share file, with the same parameters and nothing
+    /// locked (for a new Perl interpreter: see `MappedFile::duplicate`).
+    pub fn duplicate(&self) -> Result<Cache> {
+        let mut c = Cache::new();
+        c.params = self.params.clone();
+        c.file = Some(self.file()?.duplicate()?);
+        Ok(c)
+    }
+
     fn file(&self) -> Result<&MappedFile> {
         self.file
             .as_ref()

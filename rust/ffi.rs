@@ -155,6 +155,28 @@ pub extern "C" fn fc_new() -> *mut FcCache {
     .unwrap_or(std::ptr::null_mut())
 }
 
+/// A new handle on the same open share file, with the same parameters and nothing
+/// locked; NULL if `c` is NULL or not initialised, or on failure.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`, not in use by another thread meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn fc_clone(c: *const FcCache) -> *mut FcCache {
+    // SAFETY: c is a live handle or NULL (caller's contract).
+    let Some(h) = (unsafe { c.as_ref() }) else {
+        return std::ptr::null_mut();
+    };
+    catch_unwind(AssertUnwindSafe(|| match h.cache.duplicate() {
+        Ok(cache) => Box::into_raw(Box::new(FcCache {
+            cache,
+            error: CString::default(),
+            warning: CString::default(),
+        })),
+        Err(_) => std::ptr::null_mut(),
+    }))
+    .unwrap_or(std::ptr::null_mut())
+}
+
 /// Unlocks, unmaps, closes and frees the handle. NULL is ignored.
 ///
 /// # Safety

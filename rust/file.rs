@@ -186,6 +186,26 @@ impl MappedFile {
         Ok(())
     }
 
+    /// A second handle on the same open file (a duplicated descriptor, which shares the
+    /// open file description and so its liveness lock) with a mapping of its own. Used for
+    /// a new Perl interpreter (ithreads), which may run as a user who could not open the
+    /// file by name (mod_perl's threaded MPMs clone interpreters after dropping root).
+    pub fn duplicate(&self) -> Result<MappedFile> {
+        let shown = self.path.display().to_string();
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| Error::os(format!("Dup of share file {shown} failed"), &e))?;
+        let map = map_file(&file, &self.layout, &shown)?;
+        Ok(MappedFile {
+            layout: self.layout,
+            path: self.path.clone(),
+            file,
+            map,
+            ino: self.ino,
+        })
+    }
+
     /// Opens (creating or replacing as needed) the share file at `path`.
     pub fn open(
         path: &Path,

@@ -117,6 +117,30 @@ for my $variant (['fast path', ()], ['general path', read_cb => sub { undef }, w
     is($c->get_and_set('k', sub { $_[1] + 1 }), 2, '... and the value is unchanged by both');
 }
 
+# ---------------------------------------- a thread created while a lock is held
+{
+    my $c = FMTest::new_cache(%GEOM);
+    my $h = $c->{Cache};
+    my $page = (Cache::FastMmap::fc_hash($h, 'held'))[0];
+    my ($other) = grep { (Cache::FastMmap::fc_hash($h, $_))[0] != $page } map { "o$_" } 1 .. 1000;
+    my ($in_thread, $still_locked);
+    $c->get_and_set('held', sub {
+        # The thread's copy of this object holds no lock, and its copy of the
+        # lock guard must not release ours when the thread ends.
+        $in_thread = threads->create(sub {
+            return 'copy locked' if Cache::FastMmap::fc_is_locked($c->{Cache});
+            $c->set($other, 'from the thread') or return 'set failed';
+            return 'ok';
+        })->join;
+        $still_locked = Cache::FastMmap::fc_is_locked($h);
+        'by the parent';
+    });
+    is($in_thread, 'ok', 'a thread started inside a callback uses other pages');
+    ok($still_locked, "... and its end leaves the creator's lock alone");
+    is_deeply([$c->get('held'), $c->get($other)], ['by the parent', 'from the thread'],
+              '... both values stored');
+}
+
 # ---------------------------------------- detached threads, live objects at exit
 {
     my $c = FMTest::new_cache(%GEOM, unlink_on_exit => 1, empty_on_exit => 1);

@@ -104,9 +104,8 @@ fcx_handle_mg_free(pTHX_ SV *sv, MAGIC *mg)
 }
 
 #ifdef USE_ITHREADS
-/* A new ithread (or a cloned mod_perl interpreter) gets a copy of this magic
- * that points nowhere: each interpreter opens its own handle (CLONE in the
- * Perl layer), and only the one that made a handle frees it. */
+/* Copies of a lock guard in a new ithread (or a cloned mod_perl interpreter)
+ * point nowhere: the lock belongs to the thread that took it. */
 static int
 fcx_mg_dup_detach(pTHX_ MAGIC *mg, CLONE_PARAMS *param)
 {
@@ -114,12 +113,42 @@ fcx_mg_dup_detach(pTHX_ MAGIC *mg, CLONE_PARAMS *param)
     mg->mg_ptr = NULL;
     return 0;
 }
+
+/* A handle copied into a new interpreter gets a handle of its own: the same
+ * open file (a duplicated descriptor, so it works after the process dropped
+ * the rights to open it by name, as mod_perl's threaded MPMs do), a mapping,
+ * lock state and fork token of its own, and the policy's code refs as the
+ * new interpreter's copies.  This runs in the new interpreter while the old
+ * one waits (perl_clone), so reading the source handle is safe.  On failure
+ * the copy is closed: using it croaks "the cache is closed". */
+static int
+fcx_handle_mg_dup(pTHX_ MAGIC *mg, CLONE_PARAMS *param)
+{
+    FcxHandle *src = (FcxHandle *)mg->mg_ptr, *x = NULL;
+    FcCache *c;
+    mg->mg_ptr = NULL;
+    if (src && !src->closed && (c = fc_clone(src->c)) != NULL) {
+        Newxz(x, 1, FcxHandle);
+        x->c = c;
+        x->policy = src->policy;
+        x->dirty = src->dirty;
+        x->ser = src->ser ? sv_dup_inc(src->ser, param) : NULL;
+        x->deser = src->deser ? sv_dup_inc(src->deser, param) : NULL;
+        x->comp = src->comp ? sv_dup_inc(src->comp, param) : NULL;
+        x->uncomp = src->uncomp ? sv_dup_inc(src->uncomp, param) : NULL;
+        x->deser_flags = src->deser_flags ? (GV *)sv_dup((SV *)src->deser_flags, param) : NULL;
+    }
+    mg->mg_ptr = (char *)x;
+    return 0;
+}
 #define FCX_MG_DUP fcx_mg_dup_detach
+#define FCX_HANDLE_MG_DUP fcx_handle_mg_dup
 #else
 #define FCX_MG_DUP NULL
+#define FCX_HANDLE_MG_DUP NULL
 #endif
 
-static MGVTBL fcx_handle_vtbl = { NULL, NULL, NULL, NULL, fcx_handle_mg_free, NULL, FCX_MG_DUP, NULL };
+static MGVTBL fcx_handle_vtbl = { NULL, NULL, NULL, NULL, fcx_handle_mg_free, NULL, FCX_HANDLE_MG_DUP, NULL };
 
 /* sv_magicext with the duplication hook armed (see fcx_mg_dup_detach). */
 static MAGIC *
@@ -1524,18 +1553,3 @@ _xs_noop(...)
     PERL_UNUSED_VAR(items);
     XSRETURN_EMPTY;
 
-
-MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap::Handle
-
-PROTOTYPES: DISABLE
-
-int
-CLONE_SKIP(...)
-  CODE:
-    /* A new ithread's copy of a handle would point nowhere anyway (see
-     * fcx_mg_dup_detach); skipping it makes it an unblessed, empty
-     * reference until the Perl layer's CLONE gives the object a new one. */
-    PERL_UNUSED_VAR(items);
-    RETVAL = 1;
-  OUTPUT:
-    RETVAL

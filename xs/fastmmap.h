@@ -113,6 +113,15 @@ void fc_library_init(void);
 struct FcCache *fc_new(void);
 
 /**
+ * A new handle on the same open share file, with the same parameters and nothing
+ * locked; NULL if `c` is NULL or not initialised, or on failure.
+ *
+ * # Safety
+ * `c` is NULL or a live handle from `fc_new`, not in use by another thread meanwhile.
+ */
+struct FcCache *fc_clone(const struct FcCache *c);
+
+/**
  * Unlocks, unmaps, closes and frees the handle. NULL is ignored.
  *
  * # Safety

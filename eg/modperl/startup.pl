@@ -12,6 +12,12 @@
 # The cache is opened here, at global level in the parent; every child
 # inherits the open file and its shared mapping.  Children never empty or
 # remove the file: only the process that created the cache does that.
+#
+# The same file works unchanged under the threaded MPMs (worker, and event,
+# Debian's default): mod_perl clones this interpreter for each thread pool,
+# and every clone of $FastMmapDemo::Handler::Cache gets a handle of its own on
+# the same open file (no re-open by name, so it works after Apache has
+# switched to its unprivileged user).  Pages are locked per thread.
 # Note that mod_perl starts Perl with an empty %ENV (unless PerlPassEnv),
 # hence the explicit share_file.
 

@@ -928,17 +928,17 @@ sub END {
 }
 
 # A new ithread (or a mod_perl interpreter clone) starts with copies of the
-# objects whose engine handles point nowhere (see xs/FastMmap.xs).  Each copy
-# gets a handle of its own on the same file: its own lock state, the same
-# shared pages.  Keys of the registries are addresses, which differ in the
-# copy, so they are rebuilt.
+# objects, and the XS gives each copy's handle its own engine handle on the
+# same open file (see fcx_handle_mg_dup).  Should that have failed, the file
+# is opened again by name.  Keys of the registries are addresses, which
+# differ in the copy, so they are rebuilt.
 sub CLONE {
   my @Objects = grep { defined } values %AllCaches;
   %AllCaches = ();
   for my $Self (@Objects) {
     Scalar::Util::weaken($AllCaches{"$Self"} = $Self);
     next if $Self->{cleaned};
-    $Self->_open_handle(1);
+    $Self->_open_handle(1) unless ref $Self->{Cache} && fc_is_open($Self->{Cache});
   }
   my @Live = grep { defined } values %LiveCaches;
   %LiveCaches = ();
@@ -1633,9 +1633,10 @@ another process would.
 =item *
 
 Each thread has its own handle.  An object that exists when a thread is
-created is copied into the new thread, and the copy opens the share file
-again (a C<CLONE> costs one C<open> and C<mmap> per live object, no copy of
-the data).  Lock ownership, the "one locked page per object" rule and
+created is copied into the new thread with a handle of its own on the same
+open file (a C<CLONE> costs a C<dup> and an C<mmap> per live object, no copy
+of the data, and works after the process gave up the rights to open the
+file, as Apache children do).  Lock ownership, the "one locked page per object" rule and
 C<repaired_pages> are per thread.  Objects created inside a thread belong to
 that thread.
 
