@@ -66,6 +66,8 @@ typedef struct {
 #define FCX_FAST_GAS    0x08   /* get_and_set: no read_cb and no write_cb */
 #define FCX_FAST_MSET   0x10   /* multi_set: no write-back callback */
 #define FCX_FAST_OTHER  0x20   /* exists, multi_get: nothing to call back */
+#define FCX_FAST_GET_HIT 0x40  /* read_cb, no stats: hits here, misses to _get_general */
+#define FCX_FAST_SET_WB 0x80   /* write-back write_cb: evicted dirty entries via Perl */
 
 #ifndef G_LIST
 #define G_LIST G_ARRAY
@@ -1138,24 +1140,33 @@ void
 get(self, ...)
     SV *self
   PREINIT:
+    int miss_to_perl;
     SV *key;
     FcxHandle *x;
     STRLEN klen;
     const char *k;
     uint32_t page = 0, slot = 0, ticket = 0;
     FcReadResult r;
-    SV *val;
+    SV *val = NULL;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items != 2 || !x || !(x->policy & FCX_FAST_GET) || !FCX_PLAIN(ST(1)))
+    if (items != 2 || !x || !(x->policy & (FCX_FAST_GET | FCX_FAST_GET_HIT)) || !FCX_PLAIN(ST(1)))
         FCX_DELEGATE("_get_general");
+    /* With a read_cb only hits are served here: a miss (which calls read_cb
+     * under the lock and stores its result) is the Perl layer's, which looks
+     * again under the lock. */
+    miss_to_perl = !(x->policy & FCX_FAST_GET);
     key = ST(1);
     k = SvPV_nomg(key, klen);
     fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
     /* First without the lock (a sequence-lock read): the copy is kept only if
      * the page did not change meanwhile, else we lock and read again. */
     if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)) {
-        if (!r.found || (r.flags & FCX_UNDEF))
+        if (!r.found && miss_to_perl) {
+            if (fc_peek_confirm(x->c, page, ticket))
+                FCX_DELEGATE("_get_general");
+        }
+        else if (!r.found || (r.flags & FCX_UNDEF))
             val = &PL_sv_undef;
         else if (!x->uncomp && !x->deser) {
             dXSTARG;
@@ -1164,7 +1175,7 @@ get(self, ...)
         }
         else
             val = sv_2mortal(fcx_value(aTHX_ r.val, r.val_len, r.flags));
-        if (fc_peek_confirm(x->c, page, ticket)) {
+        if ((r.found || !miss_to_perl) && fc_peek_confirm(x->c, page, ticket)) {
             if (SvOK(val) && (x->uncomp || x->deser)) {
                 FCX_GUARD_BEGIN(x);
                 val = fcx_thaw(aTHX_ x, val);
@@ -1182,6 +1193,11 @@ get(self, ...)
         dXSTARG;
         if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
             fcx_fail_unlock(aTHX_ x->c);
+        if (!r.found && miss_to_perl) {
+            fc_unlock(x->c);
+            fcx_warnings(aTHX_ x->c);
+            FCX_DELEGATE("_get_general");
+        }
         if (r.found && !(r.flags & FCX_UNDEF)) {
             fcx_set_raw(aTHX_ TARG, &r);
             val = TARG;
@@ -1196,6 +1212,10 @@ get(self, ...)
     }
     val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
     fc_unlock(x->c);
+    if (!val && miss_to_perl) {
+        fcx_warnings(aTHX_ x->c);
+        FCX_DELEGATE("_get_general");
+    }
     FCX_GUARD_BEGIN(x);
     fcx_warnings(aTHX_ x->c);
     if (val && SvOK(val)) {

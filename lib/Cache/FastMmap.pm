@@ -382,6 +382,9 @@ sub _open_handle {
   $Policy |= 0x04 unless $Self->{delete_cb};                  # remove
   $Policy |= 0x08 unless $Self->{read_cb} || $Self->{write_cb};   # get_and_set
   $Policy |= 0x10 unless $write_back && $Self->{write_cb};    # multi_set
+  # get with a read_cb: hits in XS, misses here (not with enable_stats,
+  # where the XS's locked look-up would count a read the Perl one repeats).
+  $Policy |= 0x40 if $Self->{read_cb} && !$Self->{enable_stats};
   # For Storable the fast paths call its XS entry points directly (freeze
   # and thaw are Perl wrappers around them that cost a third of the time).
   my ($FastSer, $FastDeser) = @$Self{qw(serialize deserialize)};
