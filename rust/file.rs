@@ -12,6 +12,7 @@
 use crate::error::{Error, Result};
 use crate::lock::{self, LOCK_STRIDE, MUTEX_SIZE};
 use crate::page::Page;
+use crate::platform;
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -27,8 +28,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
 const FORMAT_VERSION: u32 = 1;
 const HEADER_SIZE: u64 = 4096;
-/// Lock kind recorded in the header: robust process-shared pthread mutexes.
-const LOCK_KIND_ROBUST_MUTEX: u32 = 1;
+/// Lock kind recorded in the header: robust process-shared pthread mutexes of the plain
+/// kind, with holders' opener slots recorded (kind 1 was error-checking mutexes).
+const LOCK_KIND_ROBUST_MUTEX: u32 = 2;
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the header covered by the checksum; the checksum follows them.
 const HEADER_FIELDS: usize = 72;
@@ -147,9 +149,15 @@ pub struct MappedFile {
     file: File,
     map: MmapRaw,
     ino: u64,
+    locker: lock::Locker,
 }
 
 impl MappedFile {
+    /// Who this opener is, for the page locks.
+    pub fn locker(&self) -> &lock::Locker {
+        &self.locker
+    }
+
     /// Pointer to the start of page `n`. Valid while `self` lives; `n < num_pages`.
     pub fn page_ptr(&self, n: u32) -> *mut u8 {
         debug_assert!(n < self.layout.geometry.num_pages);
@@ -255,6 +263,12 @@ impl MappedFile {
                 file,
                 map,
                 ino: meta.ino(),
+                locker: lock::Locker {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    slot: lock::NO_SLOT,
+                    fd: -1,
+                },
             };
             if exclusive {
                 // Nobody else has the file open: lock words left by dead processes (or a
@@ -266,6 +280,9 @@ impl MappedFile {
                 set_ofd_lock(&mf.file, libc::F_RDLCK as i16, false)
                     .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))?;
             }
+            let mut mf = mf;
+            mf.locker.fd = mf.file.as_raw_fd();
+            mf.locker.slot = take_slot(&mf.file, &shown)?;
             return Ok(mf);
         }
         Err(Error::new(format!(
@@ -335,6 +352,26 @@ fn set_ofd_lock(file: &File, kind: i16, wait: bool) -> io::Result<bool> {
             _ => return Err(e),
         }
     }
+}
+
+/// Takes a free opener slot: an exclusive OFD lock on one byte of the slot range, kept while
+/// the file is open, whose number this opener records in every lock it holds (see
+/// `lock.rs`). Searching from a random start keeps the search short with many openers.
+fn take_slot(file: &File, shown: &str) -> Result<u32> {
+    let start = (platform::random_u64() % u64::from(lock::MAX_SLOTS)) as u32;
+    for i in 0..lock::MAX_SLOTS {
+        let slot = (start + i) % lock::MAX_SLOTS;
+        let off = lock::slot_offset(slot);
+        match platform::ofd_lock(file.as_raw_fd(), off, libc::F_WRLCK as i16, false) {
+            Ok(true) => return Ok(slot),
+            Ok(false) => continue,
+            Err(e) => return Err(Error::os(format!("Lock of share file {shown} failed"), &e)),
+        }
+    }
+    Err(Error::new(format!(
+        "Lock of share file {shown} failed: {} processes have it open",
+        lock::MAX_SLOTS
+    )))
 }
 
 /// Takes the liveness lock: exclusive if nobody else has the file open (returns true), else
