@@ -205,7 +205,11 @@ impl MappedFile {
         for _ in 0..OPEN_ATTEMPTS {
             if replace {
                 refuse_special(path)?;
-                build_and_install(path, &layout, permissions, Install::Replace)?;
+                if let Err(e) = build_and_install(path, &layout, permissions, Install::Replace) {
+                    // No room for a second copy, or a directory we cannot create in: rebuild
+                    // the file in place, which is safe only while nobody else has it open.
+                    rebuild_in_place(path, &layout, &shown, e)?;
+                }
                 replace = false;
             }
             let file = match open_existing(path) {
@@ -293,6 +297,42 @@ impl MappedFile {
             "Open of share file {shown} failed: it kept changing under us (other processes replacing it?)"
         )))
     }
+}
+
+/// Re-initialises the existing file at `path` in place (init_file, or another geometry)
+/// when a replacement could not be built beside it (`why`). Only with the exclusive
+/// liveness lock: a process that has the file open must never see it change shape. Errors
+/// name the file and say why a replacement was not possible.
+fn rebuild_in_place(path: &Path, layout: &Layout, shown: &str, why: Error) -> Result<()> {
+    let file = match open_existing(path) {
+        Ok(f) => f,
+        // Nothing there to rebuild: the first error is the one to report.
+        Err(_) => return Err(why),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::os(format!("Stat of share file {shown} failed"), &e))?;
+    if !meta.is_file() {
+        return Err(why);
+    }
+    if !liveness_lock(&file, shown)? {
+        return Err(Error::new(format!(
+            "{}; it cannot be rebuilt in place either while other processes have it open",
+            why.message()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(now) if now.ino() == meta.ino() && now.dev() == meta.dev() => {}
+        // Replaced meanwhile by someone else: use theirs.
+        _ => return Ok(()),
+    }
+    init_file_contents(&file, layout, shown).map_err(|e| {
+        Error::new(format!(
+            "{}; rebuilding it in place failed too: {}",
+            why.message(),
+            e.message()
+        ))
+    })
 }
 
 /// Replacing renames a new file over the path: never do that to anything but a regular
@@ -398,6 +438,19 @@ fn map_file(file: &File, layout: &Layout, shown: &str) -> Result<MmapRaw> {
 
 /// Sizes an empty file and writes the header, lock table and empty pages.
 fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
+    // Blocks the file holds now count as free: an in-place rebuild truncates it first (and
+    // a filesystem may report blocks freed by a truncation only a little later).
+    #[allow(clippy::useless_conversion)]
+    let own = file
+        .metadata()
+        .map(|m| u64::from(m.blocks()).saturating_mul(512))
+        .unwrap_or(0);
+    // SAFETY: fd is open for writing; an in-place rebuild starts from an empty file.
+    if own > 0 && unsafe { libc::ftruncate(file.as_raw_fd(), 0) } != 0 {
+        return Err(Error::last_os(format!(
+            "Truncate of share file {shown} failed"
+        )));
+    }
     let size = layout.file_size as libc::off_t;
     // Refuse up front what cannot fit: reserving it would fill the filesystem (for every
     // other process too) before failing.
@@ -406,7 +459,9 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut vfs) } == 0 {
         // The fields are u32 on some 32-bit targets, hence the conversions.
         #[allow(clippy::useless_conversion)]
-        let avail = u64::from(vfs.f_bavail).saturating_mul(u64::from(vfs.f_frsize));
+        let avail = u64::from(vfs.f_bavail)
+            .saturating_mul(u64::from(vfs.f_frsize))
+            .max(own);
         if vfs.f_frsize > 0 && layout.file_size > avail {
             return Err(Error::new(format!(
                 "Create of share file {shown} failed: a {}-byte cache does not fit in the {avail} bytes free on its filesystem",
