@@ -291,7 +291,7 @@ impl Cache {
         let entry = file.lock_entry(page);
         let timeout = self.params.catch_deadlocks.then_some(DEADLOCK_TIMEOUT);
         // SAFETY: entry is this page's lock table entry inside the live mapping.
-        let how = unsafe { lock::lock(entry, page, timeout)? };
+        let how = unsafe { lock::lock(entry, page, timeout, file.locker())? };
         self.locked = Some(page);
         self.marked = false;
         self.fork.arm();

@@ -12,6 +12,7 @@
 use crate::error::{Error, Result};
 use crate::lock::{self, LOCK_STRIDE, MUTEX_SIZE};
 use crate::page::Page;
+use crate::platform;
 use memmap2::{MmapOptions, MmapRaw};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -22,13 +23,13 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
 const FORMAT_VERSION: u32 = 1;
 const HEADER_SIZE: u64 = 4096;
-/// Lock kind recorded in the header: robust process-shared pthread mutexes.
-const LOCK_KIND_ROBUST_MUTEX: u32 = 1;
+/// Lock kind recorded in the header: robust process-shared pthread mutexes of the plain
+/// kind, with holders' opener slots recorded (kind 1 was error-checking mutexes).
+const LOCK_KIND_ROBUST_MUTEX: u32 = 2;
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the header covered by the checksum; the checksum follows them.
 const HEADER_FIELDS: usize = 72;
@@ -147,9 +148,15 @@ pub struct MappedFile {
     file: File,
     map: MmapRaw,
     ino: u64,
+    locker: lock::Locker,
 }
 
 impl MappedFile {
+    /// Who this opener is, for the page locks.
+    pub fn locker(&self) -> &lock::Locker {
+        &self.locker
+    }
+
     /// Pointer to the start of page `n`. Valid while `self` lives; `n < num_pages`.
     pub fn page_ptr(&self, n: u32) -> *mut u8 {
         debug_assert!(n < self.layout.geometry.num_pages);
@@ -218,7 +225,11 @@ impl MappedFile {
         for _ in 0..OPEN_ATTEMPTS {
             if replace {
                 refuse_special(path)?;
-                build_and_install(path, &layout, permissions, Install::Replace)?;
+                if let Err(e) = build_and_install(path, &layout, permissions, Install::Replace) {
+                    // No room for a second copy, or a directory we cannot create in: rebuild
+                    // the file in place, which is safe only while nobody else has it open.
+                    rebuild_in_place(path, &layout, &shown, e)?;
+                }
                 replace = false;
             }
             let file = match open_existing(path) {
@@ -249,12 +260,15 @@ impl MappedFile {
                 _ => continue,
             }
             if meta.len() == 0 {
-                // Left empty by a crashed creator or a `touch`: initialise it in place, but
-                // only when nobody else has it open.
+                // Made empty by a `touch`, an operator's `: > file` or a restore: initialise
+                // it in place when nobody else has it open. Otherwise the processes that
+                // have it open are mapping a file that lost its pages (nobody initialises
+                // files in place without the exclusive lock, so this is not a creation
+                // under way): give the path a new file.
                 if exclusive {
                     init_file_contents(&file, &layout, &shown)?;
                 } else {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    replace = true;
                 }
                 continue;
             }
@@ -275,8 +289,16 @@ impl MappedFile {
                 file,
                 map,
                 ino: meta.ino(),
+                locker: lock::Locker {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    slot: lock::NO_SLOT,
+                    fd: -1,
+                },
             };
             if exclusive {
+                // The first opener also clears away what killed creators left.
+                remove_stale_temps(&dir_of(path));
                 // Nobody else has the file open: lock words left by dead processes (or a
                 // reboot) are stale. Re-initialise them, then let others in.
                 for n in 0..layout.geometry.num_pages {
@@ -286,12 +308,51 @@ impl MappedFile {
                 set_ofd_lock(&mf.file, libc::F_RDLCK as i16, false)
                     .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))?;
             }
+            let mut mf = mf;
+            mf.locker.fd = mf.file.as_raw_fd();
+            mf.locker.slot = take_slot(&mf.file, &shown)?;
             return Ok(mf);
         }
         Err(Error::new(format!(
             "Open of share file {shown} failed: it kept changing under us (other processes replacing it?)"
         )))
     }
+}
+
+/// Re-initialises the existing file at `path` in place (init_file, or another geometry)
+/// when a replacement could not be built beside it (`why`). Only with the exclusive
+/// liveness lock: a process that has the file open must never see it change shape. Errors
+/// name the file and say why a replacement was not possible.
+fn rebuild_in_place(path: &Path, layout: &Layout, shown: &str, why: Error) -> Result<()> {
+    let file = match open_existing(path) {
+        Ok(f) => f,
+        // Nothing there to rebuild: the first error is the one to report.
+        Err(_) => return Err(why),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::os(format!("Stat of share file {shown} failed"), &e))?;
+    if !meta.is_file() {
+        return Err(why);
+    }
+    if !liveness_lock(&file, shown)? {
+        return Err(Error::new(format!(
+            "{}; it cannot be rebuilt in place either while other processes have it open",
+            why.message()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(now) if now.ino() == meta.ino() && now.dev() == meta.dev() => {}
+        // Replaced meanwhile by someone else: use theirs.
+        _ => return Ok(()),
+    }
+    init_file_contents(&file, layout, shown).map_err(|e| {
+        Error::new(format!(
+            "{}; rebuilding it in place failed too: {}",
+            why.message(),
+            e.message()
+        ))
+    })
 }
 
 /// Replacing renames a new file over the path: never do that to anything but a regular
@@ -357,6 +418,26 @@ fn set_ofd_lock(file: &File, kind: i16, wait: bool) -> io::Result<bool> {
     }
 }
 
+/// Takes a free opener slot: an exclusive OFD lock on one byte of the slot range, kept while
+/// the file is open, whose number this opener records in every lock it holds (see
+/// `lock.rs`). Searching from a random start keeps the search short with many openers.
+fn take_slot(file: &File, shown: &str) -> Result<u32> {
+    let start = (platform::random_u64() % u64::from(lock::MAX_SLOTS)) as u32;
+    for i in 0..lock::MAX_SLOTS {
+        let slot = (start + i) % lock::MAX_SLOTS;
+        let off = lock::slot_offset(slot);
+        match platform::ofd_lock(file.as_raw_fd(), off, libc::F_WRLCK as i16, false) {
+            Ok(true) => return Ok(slot),
+            Ok(false) => continue,
+            Err(e) => return Err(Error::os(format!("Lock of share file {shown} failed"), &e)),
+        }
+    }
+    Err(Error::new(format!(
+        "Lock of share file {shown} failed: {} processes have it open",
+        lock::MAX_SLOTS
+    )))
+}
+
 /// Takes the liveness lock: exclusive if nobody else has the file open (returns true), else
 /// shared (waiting for an exclusive holder to finish initialising).
 fn liveness_lock(file: &File, shown: &str) -> Result<bool> {
@@ -377,6 +458,19 @@ fn map_file(file: &File, layout: &Layout, shown: &str) -> Result<MmapRaw> {
 
 /// Sizes an empty file and writes the header, lock table and empty pages.
 fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
+    // Blocks the file holds now count as free: an in-place rebuild truncates it first (and
+    // a filesystem may report blocks freed by a truncation only a little later).
+    #[allow(clippy::useless_conversion)]
+    let own = file
+        .metadata()
+        .map(|m| u64::from(m.blocks()).saturating_mul(512))
+        .unwrap_or(0);
+    // SAFETY: fd is open for writing; an in-place rebuild starts from an empty file.
+    if own > 0 && unsafe { libc::ftruncate(file.as_raw_fd(), 0) } != 0 {
+        return Err(Error::last_os(format!(
+            "Truncate of share file {shown} failed"
+        )));
+    }
     let size = layout.file_size as libc::off_t;
     // Refuse up front what cannot fit: reserving it would fill the filesystem (for every
     // other process too) before failing.
@@ -385,7 +479,9 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut vfs) } == 0 {
         // The fields are u32 on some 32-bit targets, hence the conversions.
         #[allow(clippy::useless_conversion)]
-        let avail = u64::from(vfs.f_bavail).saturating_mul(u64::from(vfs.f_frsize));
+        let avail = u64::from(vfs.f_bavail)
+            .saturating_mul(u64::from(vfs.f_frsize))
+            .max(own);
         if vfs.f_frsize > 0 && layout.file_size > avail {
             return Err(Error::new(format!(
                 "Create of share file {shown} failed: a {}-byte cache does not fit in the {avail} bytes free on its filesystem",
@@ -431,80 +527,206 @@ enum Install {
     Replace,
 }
 
-static TEMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+/// Named temporary files (only where an unnamed O_TMPFILE cannot be had, and for the
+/// moment between linking and renaming a replacement) are `.fmmap-tmp-<64 random bits>`
+/// in the share file's directory: short, so that every share_file name that fits the
+/// directory works, and random, so creators in different PID namespaces never collide.
+const TEMP_PREFIX: &str = ".fmmap-tmp-";
+/// Attempts at a fresh random temporary name (EEXIST), and at building again when a
+/// cleaner removed our named temporary in the instant before we locked it.
+const TEMP_ATTEMPTS: u32 = 16;
 
-/// Builds a complete new file under a temporary name next to `path`, then installs it.
+/// The directory a share file lives in ("." for a bare name).
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn temp_name(dir: &Path) -> PathBuf {
+    dir.join(format!("{TEMP_PREFIX}{:016x}", platform::random_u64()))
+}
+
+/// A file being built. Its creator holds an exclusive OFD lock on byte 0 from before it
+/// has a name until it is installed, so a named temporary whose byte 0 is not locked by
+/// anyone was left by a dead creator (see [`remove_stale_temps`]).
+struct Building {
+    file: File,
+    /// The temporary name, if it has one (None: O_TMPFILE, no name at all).
+    name: Option<PathBuf>,
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if let Some(n) = &self.name {
+            let _ = std::fs::remove_file(n);
+        }
+    }
+}
+
+fn create_named_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Building> {
+    for _ in 0..TEMP_ATTEMPTS {
+        let tmp = temp_name(dir);
+        let c = cpath(&tmp)?;
+        // SAFETY: c is a valid path; the fd is owned by the File below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                permissions as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+                continue;
+            }
+            return Err(Error::last_os(format!(
+                "Create of share file {shown} failed"
+            )));
+        }
+        // SAFETY: fd is a freshly opened descriptor nobody else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let b = Building {
+            file,
+            name: Some(tmp),
+        };
+        lock_building(&b.file, shown)?;
+        return Ok(b);
+    }
+    Err(Error::new(format!(
+        "Create of share file {shown} failed: no free temporary name in {TEMP_ATTEMPTS} tries"
+    )))
+}
+
+fn lock_building(file: &File, shown: &str) -> Result<()> {
+    set_ofd_lock(file, libc::F_WRLCK as i16, false)
+        .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))
+        .and_then(|got| {
+            if got {
+                Ok(())
+            } else {
+                Err(Error::new(format!(
+                    "Lock of share file {shown} failed: a new temporary file is locked by someone else"
+                )))
+            }
+        })
+}
+
+/// A new, locked, empty file in `dir`: unnamed (O_TMPFILE) where the filesystem can, else
+/// under a random temporary name.
+fn create_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Building> {
+    let cdir = cpath(dir)?;
+    match platform::open_tmpfile(&cdir, permissions) {
+        Ok(Some(file)) => {
+            lock_building(&file, shown)?;
+            Ok(Building { file, name: None })
+        }
+        Ok(None) => create_named_temp(dir, permissions, shown),
+        Err(e) => Err(Error::os(
+            format!("Create of share file {shown} failed"),
+            &e,
+        )),
+    }
+}
+
+/// Removes named temporaries of dead creators from `dir`: a `.fmmap-tmp-*` regular file
+/// whose byte 0 nobody has locked (a live creator locks it before anything else; if a
+/// cleaner wins that instant, the creator finds its name gone and builds again). Best
+/// effort: errors only mean nothing is removed.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let b = name.as_bytes();
+        if !b.starts_with(TEMP_PREFIX.as_bytes()) || b.len() != TEMP_PREFIX.len() + 16 {
+            continue;
+        }
+        let p = dir.join(&name);
+        let Ok(file) = open_existing(&p) else {
+            continue;
+        };
+        let (Ok(m), Ok(now)) = (file.metadata(), std::fs::symlink_metadata(&p)) else {
+            continue;
+        };
+        if !m.is_file() || m.ino() != now.ino() || m.dev() != now.dev() {
+            continue;
+        }
+        if !platform::ofd_locked_elsewhere(file.as_raw_fd(), 0) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Builds a complete new file next to `path`, then installs it.
 fn build_and_install(path: &Path, layout: &Layout, permissions: u32, how: Install) -> Result<()> {
     let shown = path.display().to_string();
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = PathBuf::from(tmp_name);
-    let c = cpath(&tmp)?;
-    // SAFETY: c is a valid path; the fd is owned by the File below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            permissions as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(Error::last_os(format!(
-            "Create of share file {shown} failed"
-        )));
-    }
-    // SAFETY: fd is a freshly opened descriptor nobody else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let result = init_file_contents(&file, layout, &shown).and_then(|()| install(&tmp, path, how));
-    drop(file);
-    let _ = std::fs::remove_file(&tmp);
-    result
-}
-
-fn install(tmp: &Path, path: &Path, how: Install) -> Result<()> {
-    let shown = path.display();
-    match how {
-        Install::Replace => std::fs::rename(tmp, path)
-            .map_err(|e| Error::os(format!("Replace of share file {shown} failed"), &e)),
-        Install::IfAbsent => match std::fs::hard_link(tmp, path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP)) => {
-                // Filesystems without hard links: an exclusive rename does the same job.
-                rename_noreplace(tmp, path)
+    let dir = dir_of(path);
+    remove_stale_temps(&dir);
+    for _ in 0..TEMP_ATTEMPTS {
+        let mut b = create_temp(&dir, permissions, &shown)?;
+        init_file_contents(&b.file, layout, &shown)?;
+        match install(&mut b, &dir, path, how) {
+            // A cleaner removed our named temporary before we had locked it: again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && b.name.is_some() => continue,
+            Err(e) => {
+                let verb = if how == Install::Replace {
+                    "Replace"
+                } else {
+                    "Create"
+                };
+                return Err(Error::os(
+                    format!("{verb} of share file {shown} failed"),
+                    &e,
+                ));
             }
-            Err(e) => Err(Error::os(
-                format!("Create of share file {shown} failed"),
-                &e,
-            )),
-        },
+            Ok(()) => return Ok(()),
+        }
     }
+    Err(Error::new(format!(
+        "Create of share file {shown} failed: its temporary file kept disappearing"
+    )))
 }
 
-fn rename_noreplace(tmp: &Path, path: &Path) -> Result<()> {
-    let (a, b) = (cpath(tmp)?, cpath(path)?);
-    // SAFETY: both are valid NUL-terminated paths.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
-        Ok(())
-    } else {
-        Err(Error::last_os(format!(
-            "Create of share file {} failed",
-            path.display()
-        )))
+fn install(b: &mut Building, dir: &Path, path: &Path, how: Install) -> io::Result<()> {
+    let target = cpath(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if b.name.is_none() {
+        if how == Install::IfAbsent {
+            // An unnamed file gets its name at last: if the name is taken, another
+            // creator won and its file is used.
+            return match platform::link_fd(&b.file, &target) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(e),
+                _ => Ok(()),
+            };
+        }
+        // Replacing needs a rename, so a name first (locked, so not stale).
+        let tmp = temp_name(dir);
+        let c = cpath(&tmp).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        platform::link_fd(&b.file, &c)?;
+        b.name = Some(tmp);
     }
+    let tmp = b.name.clone().expect("named above");
+    let from = cpath(&tmp).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let r = match how {
+        Install::Replace => std::fs::rename(&tmp, path),
+        Install::IfAbsent => match platform::rename_noreplace(&from, &target) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // No renameat2 on this filesystem: a hard link does the same job.
+                match std::fs::hard_link(&tmp, path) {
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                    r => r,
+                }
+            }
+            r => r,
+        },
+    };
+    if r.is_ok() && how == Install::Replace {
+        b.name = None; // the name is the share file's now
+    }
+    r
 }
 
 /// `OsStr` from raw path bytes (share_file comes from Perl as bytes).
@@ -620,6 +842,63 @@ mod tests {
             .unwrap();
         assert!(err.message().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn stale_temporaries_go_live_ones_stay() {
+        let d = tmpdir("stale");
+        let stale = d.join(format!("{TEMP_PREFIX}{:016x}", 0xdead_u64));
+        std::fs::write(&stale, vec![0u8; 8192]).unwrap();
+        let other = d.join(format!("{TEMP_PREFIX}notours"));
+        std::fs::write(&other, b"x").unwrap();
+        let live = create_named_temp(&d, 0o600, "test").unwrap();
+        let live_name = live.name.clone().unwrap();
+        remove_stale_temps(&d);
+        assert!(!stale.exists(), "a temporary nobody locks is removed");
+        assert!(other.exists(), "a name not of our pattern is left alone");
+        assert!(
+            live_name.exists(),
+            "a temporary its creator still locks is kept"
+        );
+        drop(live);
+        assert!(!live_name.exists(), "a creator removes its own temporary");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_longest_name_the_directory_takes_works() {
+        let d = tmpdir("long");
+        let p = d.join("n".repeat(255));
+        let l = Layout::new(geo()).unwrap();
+        let a = MappedFile::open(&p, l, false, 0o600).unwrap();
+        drop(a);
+        let b = MappedFile::open(&p, l, true, 0o600).unwrap();
+        drop(b);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_file_truncated_while_open_is_replaced() {
+        let d = tmpdir("trunc");
+        let p = d.join("c");
+        let l = Layout::new(geo()).unwrap();
+        let a = MappedFile::open(&p, l, false, 0o600).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let b = MappedFile::open(&p, l, false, 0o600).unwrap();
+        assert_ne!(
+            b.ino, a.ino,
+            "a new file, since `a` still has the old one open"
+        );
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), l.file_size);
+        drop((a, b));
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

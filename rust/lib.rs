@@ -3,7 +3,8 @@
 //!
 //! Modules, bottom up: `error` (messages), `time` (the clock and its override), `hash`
 //! (key -> page + slot hash), `lock` (page mutexes), `fork` (telling a forked child apart), `page` (one page's format and
-//! operations), `file` (the share file: header, creation, mapping), `cache` (a handle and its
+//! operations), `platform` (the
+//! few OS calls without a portable API), `file` (the share file: header, creation, mapping), `cache` (a handle and its
 //! lock-ownership model) and `ffi` (the C ABI, the only `extern "C"` code).
 
 pub mod cache;
@@ -14,4 +15,5 @@ pub mod fork;
 pub mod hash;
 pub mod lock;
 pub mod page;
+pub mod platform;
 pub mod time;
