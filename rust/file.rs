@@ -204,12 +204,21 @@ impl MappedFile {
             .try_clone()
             .map_err(|e| Error::os(format!("Dup of share file {shown} failed"), &e))?;
         let map = map_file(&file, &self.layout, &shown)?;
+        // The duplicate shares the open file description, and with it the opener slot
+        // that marks this description's lock holders as alive.
+        let locker = lock::Locker {
+            dev: self.locker.dev,
+            ino: self.locker.ino,
+            slot: self.locker.slot,
+            fd: file.as_raw_fd(),
+        };
         Ok(MappedFile {
             layout: self.layout,
             path: self.path.clone(),
             file,
             map,
             ino: self.ino,
+            locker,
         })
     }
 

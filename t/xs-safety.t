@@ -48,7 +48,7 @@ my \@BIG_COMP = (sub { grow_stack(); "z" . \$_[0] }, sub { grow_stack(); substr(
 my \$c = FMTest::new_cache(num_pages => 3, page_size => 16384, $setup);
 exit((do { $check }) ? 0 : 1);
 PERL
-    my $st = FMTest::run_in_child(60, sub { exec $^X, '-e', $prog; 127 });
+    my $st = FMTest::run_in_child(60, sub { { exec $^X, '-e', $prog } 127 });
     return $st == 0 ? 'ok' : FMTest::describe_status($st);
 }
 
