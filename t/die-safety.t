@@ -58,6 +58,8 @@ my %CONFIG = (
     general => [serializer => '', read_cb => sub { undef }, write_cb => sub { },
                 delete_cb => sub { }],
     storable => [],
+    # set's XS path calls write_cb for evicted dirty entries
+    writeback => [serializer => '', write_cb => sub { }, write_action => 'write_back'],
 );
 
 sub new_cache {
@@ -228,7 +230,7 @@ my %LOOP_CALLS = (
     set_big        => sub { $_[0]->set("big" . ($_[1] % 7), 'y' x 6000) },
 );
 my $INTERRUPTS = $ENV{FASTMMAP_DIE_INTERRUPTS} || 25;
-for my $config (qw(fast general)) {
+for my $config (qw(fast general writeback)) {
     for my $call (sort keys %LOOP_CALLS) {
         my $c = new_cache($config);
         my ($fired, $leaked) = (0, 0);

@@ -601,21 +601,56 @@ fcx_expire_on(pTHX_ SV *spec, U32 base)
     return (U32)(n * unit + base);
 }
 
-/* Stores key => value bytes in the locked page (expunging first like
- * upstream's set).  bytes is what fcx_value_bytes returned (NULL: undef).
- * Runs no Perl code.  Returns the engine's 1/0/-1; croaks (unlocking) on an
- * engine error. */
+/* Makes room in the locked page for len more bytes, as upstream's set does.
+ * With wb_self (a write-back cache's object, with a write_cb), the dirty
+ * entries it evicts go to the Perl layer's write_cb while the page is
+ * locked, as upstream; the caller is inside a guard with unlock_on_unwind
+ * set.  Without it no Perl code runs.  Croaks (unlocking) on an engine
+ * error. */
+static void
+fcx_make_room(pTHX_ FcxHandle *x, SV *wb_self, int64_t len)
+{
+    size_t n = 0, i;
+    FcItem it;
+    AV *dirty;
+
+    if (fc_expunge(x->c, 2, wb_self ? 1 : 0, len, &n) != 0)
+        fcx_fail_unlock(aTHX_ x->c);
+    if (!wb_self || !n)
+        return;
+    dirty = (AV *)sv_2mortal((SV *)newAV());
+    for (i = 0; i < n; i++) {
+        if (fc_item(x->c, i, &it) != 0)
+            fcx_fail_unlock(aTHX_ x->c);
+        if (!(it.flags & FCX_TOMBSTONE) && (it.flags & (U32)FC_ISDIRTY))
+            av_push(dirty, fcx_item_ref(aTHX_ &it, 1, FCX_STRIP_READ));
+    }
+    if (av_len(dirty) >= 0) {
+        dSP;
+        PUSHMARK(SP);
+        EXTEND(SP, 2);
+        PUSHs(wb_self);
+        PUSHs(sv_2mortal(newRV_inc((SV *)dirty)));
+        PUTBACK;
+        (void)call_pv("Cache::FastMmap::_write_back_evicted", G_VOID | G_DISCARD);
+        FCX_CHECK_OPEN(x);
+    }
+}
+
+/* Stores key => value bytes in the locked page, making room first (see
+ * fcx_make_room for wb_self).  bytes is what fcx_value_bytes returned (NULL:
+ * undef).  Returns the engine's 1/0/-1; croaks (unlocking) on an engine
+ * error. */
 static int32_t
-fcx_store(pTHX_ FcxHandle *x, const char *k, STRLEN klen, int kutf8,
-          uint32_t slot, SV *bytes, U32 expire_on, U32 flags)
+fcx_store_wb(pTHX_ FcxHandle *x, SV *wb_self, const char *k, STRLEN klen, int kutf8,
+             uint32_t slot, SV *bytes, U32 expire_on, U32 flags)
 {
     STRLEN vlen = 0;
     const char *v = "";
     int32_t result = 0;
-    size_t n = 0;
 
     if (bytes) {
-        v = SvPV_nomg(bytes, vlen);
+        (void)SvPV_nomg(bytes, vlen);
         if (kutf8)
             flags |= FCX_UTF8KEY;
     }
@@ -623,12 +658,19 @@ fcx_store(pTHX_ FcxHandle *x, const char *k, STRLEN klen, int kutf8,
         /* Like the reference: undef is not recorded with the key's flag. */
         flags = (flags & ~FCX_UTF8VAL) | FCX_UNDEF;
     }
-    if (fc_expunge(x->c, 2, 0, (int64_t)(klen + vlen), &n) != 0
-        || fc_write(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
-                    expire_on, flags, 0, 0, &result) != 0)
+    fcx_make_room(aTHX_ x, wb_self, (int64_t)(klen + vlen));
+    /* The PV is taken only now: write_cb above may have run Perl code, and
+     * bytes is a private copy or a plain value no Perl code was given. */
+    if (bytes)
+        v = SvPV_nomg(bytes, vlen);
+    if (fc_write(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
+                 expire_on, flags, 0, 0, &result) != 0)
         fcx_fail_unlock(aTHX_ x->c);
     return result;
 }
+
+#define fcx_store(x, k, klen, kutf8, slot, bytes, expire_on, flags) \
+    fcx_store_wb(aTHX_ (x), NULL, (k), (klen), (kutf8), (slot), (bytes), (expire_on), (flags))
 
 /* Looks key up in the locked page: a mortal copy of the stored value (not
  * thawed), or NULL on a miss.  Croaks (unlocking) on an engine error. */
@@ -1261,7 +1303,7 @@ void
 set(self, ...)
     SV *self
   PREINIT:
-    SV *key;
+    SV *key, *wb_self;
     FcxHandle *x;
     STRLEN klen;
     const char *k;
@@ -1271,9 +1313,12 @@ set(self, ...)
     int32_t result;
   PPCODE:
     x = fcx_self(aTHX_ self);
-    if (items < 3 || items > 4 || !x || !(x->policy & FCX_FAST_SET) || !FCX_PLAIN(ST(1))
-        || (items == 4 && (SvGMAGICAL(ST(3)) || SvROK(ST(3)))))
+    if (items < 3 || items > 4 || !x || !(x->policy & (FCX_FAST_SET | FCX_FAST_SET_WB))
+        || !FCX_PLAIN(ST(1)) || (items == 4 && (SvGMAGICAL(ST(3)) || SvROK(ST(3)))))
         FCX_DELEGATE("_set_general");
+    /* A write-back cache's write_cb is needed only for the dirty entries
+     * the store evicts, and when the value does not fit. */
+    wb_self = (x->policy & FCX_FAST_SET) ? NULL : self;
     key = ST(1);
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
@@ -1286,10 +1331,25 @@ set(self, ...)
     FCX_CHECK_OPEN(x);
     k = SvPV_nomg(key, klen);
     slot = fcx_lock_key(aTHX_ x, k, klen);
-    result = fcx_store(aTHX_ x, k, klen, SvUTF8(key) ? 1 : 0, slot, stored,
-                       expire_on, flags);
+    x->unlock_on_unwind = 1;
+    result = fcx_store_wb(aTHX_ x, wb_self, k, klen, SvUTF8(key) ? 1 : 0, slot, stored,
+                          expire_on, flags);
+    x->unlock_on_unwind = 0;
     fc_unlock(x->c);
     fcx_warnings(aTHX_ x->c);
+    if (wb_self && result == 0) {
+        /* Did not fit: write_cb gets it now, outside the lock, as upstream. */
+        dSP;
+        PUSHMARK(SP);
+        EXTEND(SP, 5);
+        PUSHs(self);
+        PUSHs(key);
+        PUSHs(sv_2mortal(newRV_inc(ST(2))));
+        mPUSHi(expire_on == 0xFFFFFFFFU ? -1 : (IV)expire_on);
+        mPUSHi(result);
+        PUTBACK;
+        (void)call_pv("Cache::FastMmap::_after_store", G_VOID | G_DISCARD);
+    }
     FCX_GUARD_END();
     ST(0) = sv_2mortal(newSViv(result == 1 ? 1 : 0));
     XSRETURN(1);
@@ -1421,7 +1481,7 @@ get_and_set(self, ...)
             flags = x->dirty;
             bytes = fcx_value_bytes(aTHX_ bytes, &flags);
             FCX_CHECK_OPEN(x);
-            stored = fcx_store(aTHX_ x, k, klen, SvUTF8(kown) ? 1 : 0, slot, bytes,
+            stored = fcx_store(x, k, klen, SvUTF8(kown) ? 1 : 0, slot, bytes,
                                0xFFFFFFFFU, flags) == 1 ? 1 : 0;
         }
         val = newval;
@@ -1557,7 +1617,7 @@ multi_set(self, ...)
         k = SvPV_nomg(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
         flags = (SvOK(b) && SvUTF8(b)) ? FCX_UTF8VAL : 0;
-        (void)fcx_store(aTHX_ x, k, klen, 0, slot, SvOK(b) ? b : NULL, expire_on, flags);
+        (void)fcx_store(x, k, klen, 0, slot, SvOK(b) ? b : NULL, expire_on, flags);
     }
     x->unlock_on_unwind = 0;
     fc_unlock(x->c);

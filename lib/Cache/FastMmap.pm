@@ -385,6 +385,9 @@ sub _open_handle {
   # get with a read_cb: hits in XS, misses here (not with enable_stats,
   # where the XS's locked look-up would count a read the Perl one repeats).
   $Policy |= 0x40 if $Self->{read_cb} && !$Self->{enable_stats};
+  # set in a write-back cache: write_cb only for what the store evicts (and
+  # a value that does not fit), both called from the XS into the Perl layer.
+  $Policy |= 0x80 if $write_back && $Self->{write_cb};
   # For Storable the fast paths call its XS entry points directly (freeze
   # and thaw are Perl wrappers around them that cost a third of the time).
   my ($FastSer, $FastDeser) = @$Self{qw(serialize deserialize)};
@@ -837,9 +840,17 @@ sub _expunge_page {
   my $write_cb = ($WB && $Self->{write_back}) ? $Self->{write_cb} : undef;
 
   my @Evicted = fc_expunge($Self->{Cache}, $Mode, $write_cb ? 1 : 0, $Len);
-  return unless $write_cb;
+  $Self->_write_back_evicted(\@Evicted) if $write_cb;
+  return;
+}
 
-  for my $Item (@Evicted) {
+# Hands the dirty entries an expunge removed to write_cb (also called by the
+# XS set of a write-back cache).  The page is still locked, as upstream; a
+# die from write_cb is ignored, as upstream.
+sub _write_back_evicted {
+  my ($Self, $Evicted) = @_;
+  my $write_cb = $Self->{write_cb} or return;
+  for my $Item (@$Evicted) {
     next unless $Item->{flags} & FC_ISDIRTY;
     my $Val = $Self->_thaw($Item->{value});
     local $@;
