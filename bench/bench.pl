@@ -144,10 +144,21 @@ my %BODY = (
         loop => [ '$x = $k;', '$x = $k;' ] } ],
 );
 $BODY{get_miss} = $BODY{get_hit};
+# The same calls on caches with callbacks (see %VARIANT_OF): a read-through
+# cache's hits and a write-back cache's sets need no callback.
+$BODY{get_hit_rcb} = $BODY{get_hit};
+$BODY{set_wb}      = $BODY{set};
 
 # The loop shape a workload's noop/loop baseline is measured with.
 my %SHAPE_OF = (get_hit => 'get', get_miss => 'get', set => 'set', gas => 'gas',
-                rmset => 'rmset', mixed => 'mixed');
+                rmset => 'rmset', mixed => 'mixed', get_hit_rcb => 'get', set_wb => 'set');
+# Workloads run on a cache with callbacks: variant => extra constructor args.
+my %VARIANT_OF = (get_hit_rcb => 'rcb', set_wb => 'wb');
+my %VARIANT_ARGS = (
+    plain => [],
+    rcb   => [read_cb => sub { undef }],
+    wb    => [write_cb => sub { }, write_action => 'write_back'],
+);
 
 my %LOOP_CACHE;
 sub loop_sub {
@@ -240,10 +251,12 @@ sub fm_args {
 }
 
 sub fm_cache {
-    my ($ser) = @_;
-    return $FM{$ser} //= do {
-        my $file = File::Spec->catfile($TMP, "cache-$ser");
-        my $c = Cache::FastMmap->new(fm_args($ser, $file, 1), unlink_on_exit => 1);
+    my ($ser, $variant) = @_;
+    $variant //= 'plain';
+    return $FM{"$ser/$variant"} //= do {
+        my $file = File::Spec->catfile($TMP, "cache-$ser-$variant");
+        my $c = Cache::FastMmap->new(fm_args($ser, $file, 1), unlink_on_exit => 1,
+                                     @{ $VARIANT_ARGS{$variant} });
         $c;
     };
 }
@@ -271,7 +284,7 @@ sub prepare {
         Hash::SharedMem::shash_set($h, $_, $v) for @{ $DATA->{all} };
         return $h;
     }
-    my $c = fm_cache($ser);
+    my $c = fm_cache($ser, $VARIANT_OF{$workload});
     if ($impl eq 'noop' || $impl eq 'loop') {
         return $c;
     }
@@ -544,9 +557,10 @@ my $HAVE_UP = defined $UP_VERSION ? 1 : 0;
 
 # ---------------------------------------------------------------- plan
 
-my @WORKLOADS = qw(set get_hit get_miss mixed gas rmset);
+my @WORKLOADS = qw(set get_hit get_miss mixed gas rmset get_hit_rcb set_wb);
 my %LABEL = (set => 'set', get_hit => 'get (hit)', get_miss => 'get (miss)',
-             mixed => 'mixed 90/10 zipf', gas => 'get_and_set +1', rmset => 'remove+set');
+             mixed => 'mixed 90/10 zipf', gas => 'get_and_set +1', rmset => 'remove+set',
+             get_hit_rcb => 'get (hit), read_cb cache', set_wb => 'set, write-back cache');
 my %SHM_OK = map { $_ => 1 } qw(set get_hit get_miss mixed);
 
 my @cases;   # { workload, ser, size, id }

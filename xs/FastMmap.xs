@@ -1501,16 +1501,17 @@ void
 multi_get(self, ...)
     SV *self
   PREINIT:
-    SV *pagekey;
+    SV *pagekey, *full, *val, **ep;
     FcxHandle *x;
     STRLEN plen, klen;
     const char *p, *k;
     uint32_t page = 0, slot = 0;
-    AV *av, *raw;
+    AV *av;
     HV *found;
+    HE *he;
     SSize_t i, last;
     FcReadResult r;
-    SV *full, *val, **ep;
+    int thaw, any = 0;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1))
@@ -1527,35 +1528,50 @@ multi_get(self, ...)
     pagekey = ST(1);
     p = SvPV_nomg(pagekey, plen);
     fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
+    thaw = x->uncomp || x->deser;
     found = (HV *)sv_2mortal((SV *)newHV());
-    raw = (AV *)sv_2mortal((SV *)newAV());
+    if (last >= 8)
+        hv_ksplit(found, last + 1);   /* sized once, not split while filling */
+    /* One buffer for every "$PageKey-$Key", reused key after key. */
+    full = sv_2mortal(newSV(plen + 64));
+    sv_setpvn(full, p, plen);
+    sv_catpvn_nomg(full, "-", 1);
     if (fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
+    /* Values go straight from the page into the result hash: our own new
+     * hash, so storing into it runs no Perl code under the lock. */
     for (i = 0; i <= last; i++) {
         SV *ks = *av_fetch(av, i, 0);
-        full = fcx_multi_key(aTHX_ p, plen, ks);
+        STRLEN kl;
+        const char *kp = SvPV_nomg(ks, kl);
+        SvCUR_set(full, plen + 1);
+        sv_catpvn_nomg(full, kp, kl);
         k = SvPV_nomg(full, klen);
         fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
-        val = fcx_lookup(aTHX_ x, slot, k, klen, &r);
-        if (val) {
-            av_push(raw, newSVsv_nomg(ks));
-            av_push(raw, SvREFCNT_inc_simple_NN(val));
+        if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
+            fcx_fail_unlock(aTHX_ x->c);
+        if (r.found) {
+            (void)hv_store_ent(found, ks, fcx_value(aTHX_ r.val, r.val_len, r.flags), 0);
+            any = 1;
         }
     }
     fc_unlock(x->c);
-    FCX_GUARD_BEGIN(x);
-    fcx_warnings(aTHX_ x->c);
-    last = av_len(raw);
-    for (i = 0; i < last; i += 2) {
-        SV *ks = *av_fetch(raw, i, 0);
-        val = *av_fetch(raw, i + 1, 0);
-        if (SvOK(val) && (x->uncomp || x->deser)) {
-            FCX_CHECK_OPEN(x);
-            val = fcx_thaw(aTHX_ x, val);
+    if (thaw && any) {
+        FCX_GUARD_BEGIN(x);
+        fcx_warnings(aTHX_ x->c);
+        hv_iterinit(found);
+        while ((he = hv_iternext(found))) {
+            val = HeVAL(he);
+            if (SvOK(val)) {
+                FCX_CHECK_OPEN(x);
+                val = fcx_thaw(aTHX_ x, val);
+                sv_setsv(HeVAL(he), val);
+            }
         }
-        (void)hv_store_ent(found, ks, newSVsv(val), 0);
+        FCX_GUARD_END();
     }
-    FCX_GUARD_END();
+    else
+        fcx_warnings(aTHX_ x->c);
     ST(0) = sv_2mortal(newRV_inc((SV *)found));
     XSRETURN(1);
 
