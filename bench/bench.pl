@@ -560,7 +560,7 @@ my $HAVE_UP = defined $UP_VERSION ? 1 : 0;
 my @WORKLOADS = qw(set get_hit get_miss mixed gas rmset get_hit_rcb set_wb);
 my %LABEL = (set => 'set', get_hit => 'get (hit)', get_miss => 'get (miss)',
              mixed => 'mixed 90/10 zipf', gas => 'get_and_set +1', rmset => 'remove+set',
-             get_hit_rcb => 'get (hit), read_cb cache', set_wb => 'set, write-back cache');
+             get_hit_rcb => 'get hit, read_cb', set_wb => 'set, write-back');
 my %SHM_OK = map { $_ => 1 } qw(set get_hit get_miss mixed);
 
 my @cases;   # { workload, ser, size, id }
