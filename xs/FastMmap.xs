@@ -1045,7 +1045,20 @@ fc_expunge(obj, mode, wb, len)
     rc = fc_expunge(h, (int32_t)mode, wb ? 1 : 0, (int64_t)len, &n);
     if (rc != 0)
         fcx_done(aTHX_ h, rc);
-    if (wb && n) {
+    if (wb == 2 && n) {
+        /* The Perl layer's write-back: only the dirty entries, as a flat
+         * (key, value, expire_on) list -- no hash per evicted entry. */
+        for (i = 0; i < n; i++) {
+            FCX_CHECK(h, fc_item(h, i, &it));
+            if ((it.flags & FCX_TOMBSTONE) || !(it.flags & (U32)FC_ISDIRTY))
+                continue;
+            EXTEND(SP, 3);
+            PUSHs(sv_2mortal(fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0)));
+            PUSHs(sv_2mortal(fcx_value(aTHX_ it.val, it.val_len, it.flags)));
+            mPUSHu((UV)it.expire_on);
+        }
+    }
+    else if (wb && n) {
         EXTEND(SP, (SSize_t)n);
         for (i = 0; i < n; i++) {
             FCX_CHECK(h, fc_item(h, i, &it));

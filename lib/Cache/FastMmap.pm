@@ -839,8 +839,15 @@ sub _expunge_page {
   my ($Self, $Mode, $WB, $Len) = @_;
   my $write_cb = ($WB && $Self->{write_back}) ? $Self->{write_cb} : undef;
 
-  my @Evicted = fc_expunge($Self->{Cache}, $Mode, $write_cb ? 1 : 0, $Len);
-  $Self->_write_back_evicted(\@Evicted) if $write_cb;
+  return fc_expunge($Self->{Cache}, $Mode, 0, $Len) unless $write_cb;
+
+  # Mode 2 of the XS: only the dirty entries, as (key, value, expire_on).
+  my @Dirty = fc_expunge($Self->{Cache}, $Mode, 2, $Len);
+  while (my ($Key, $Raw, $ExpireOn) = splice(@Dirty, 0, 3)) {
+    my $Val = $Self->_thaw($Raw);
+    local $@;
+    eval { $write_cb->($Self->{context}, $Key, $Val, $ExpireOn); 1 };
+  }
   return;
 }
 
