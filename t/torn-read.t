@@ -16,7 +16,7 @@
 #    lock itself (fc_lock) and has the reader do a burst of gets: those can
 #    only complete without that lock, so the reads of this test are proven
 #    lock-free (the parent waits for them before it unlocks).
-#  - Then the parent stops the reader (SIGSTOP) a thousand times wherever it
+#  - Then the parent stops the reader (SIGSTOP) 600 times wherever it
 #    happens to be, often inside get, changes the page, and resumes it; and
 #    as often stops the writer, sometimes half-way through a change, while
 #    the reader reads on: the moments the protocol is for happen on demand
@@ -48,7 +48,7 @@ my $READERS = 1;             # one reader and one writer: each has a core
 my $WRITERS = 1;
 my $READ_QUOTA = 500_000;   # reads per reader, at least
 my $WRITE_QUOTA = 100_000;  # sets per writer, at least
-my $STOPS = 1000;           # times a reader is stopped while the page changes
+my $STOPS = 600;            # times a reader is stopped while the page changes
 my $HOLDS = 4;              # rounds of "parent holds the lock, readers read"
 my $BURST = 200;            # gets per reader per round
 my $DEADLINE = 120;         # seconds: bound on the whole stress
