@@ -10,11 +10,20 @@
 #     in the same lock session: the marker is set while it hangs; the next
 #     locker validates the page, clears the marker, and carries on.
 #  3. The same, but the page is damaged while the victim holds it (as a torn
-#     update would leave it): the next locker repairs it with the warning.
+#     update would leave it): a slot count off by one, or one item whose
+#     header is garbage. The next locker repairs it with the warning.
+#     Cases 1-3 also check that the page is really sound afterwards, not
+#     just that a repair was counted: every entry the page held at the kill
+#     (read from the file) reads back with its value -- all of them, but the
+#     one garbage item --, get_keys agrees with get, new sets work, and a
+#     full validation (test_file) of the file finds nothing left to repair.
+#     A repair that only counts, warns and resets the lock fails this; so
+#     does one that empties the page.
 #  4. A writer killed at random moments of a loop of sets, removes and
 #     get_and_sets, several rounds: after each kill every key reads back
 #     either undef or a value that was written for that key (values carry
-#     their key and a checksum), nothing blocks, repairs are counted sanely.
+#     their key and a checksum), nothing blocks, repairs are counted sanely,
+#     and the file then passes a full validation.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -82,6 +91,91 @@ sub same_page_keys {
     return ($page, @k);
 }
 
+# The entries (key => value) that page $page of $file holds, read from the
+# file (layout: rust/page.rs -- a 32-byte header with the slot count at 4,
+# then u32 slots, 0 empty, 1 deleted, else the offset of an item: 24-byte
+# header with key and value lengths at 16 and 20, then key and value).
+# Only for a page nobody is changing. Also returns key => item offset.
+sub page_entries {
+    my ($file, $page, %geom) = @_;
+    my $base = $HEADER + lock_table_size($geom{num_pages}) + $page * $geom{page_size};
+    open my $fh, '<:raw', $file or die "$file: $!";
+    sysseek($fh, $base, 0) or die;
+    sysread($fh, my $p, $geom{page_size}) == $geom{page_size} or die "short read";
+    my $nslots = unpack 'L', substr($p, 4, 4);
+    my (%val, %at);
+    for my $i (0 .. $nslots - 1) {
+        my $o = unpack 'L', substr($p, 32 + 4 * $i, 4);
+        next if $o <= 1;
+        my ($kl, $vl) = unpack 'L2', substr($p, $o + 16, 8);
+        my $k = substr($p, $o + 24, $kl);
+        $val{$k} = substr($p, $o + 24 + $kl, $vl);
+        $at{$k} = $base + $o;
+    }
+    return (\%val, \%at);
+}
+
+# Opens $file with test_file => 1 (every page fully validated, the bad ones
+# repaired) in a bounded child: (pages it had to repair, its warnings),
+# or (undef, [how the child ended]) if it did not report.
+my $VALIDATE = FMTest::tmpdir() . '/validate-report';
+sub validate_file {
+    my ($file, %geom) = @_;
+    unlink $VALIDATE;
+    my $st = FMTest::run_in_child(30, sub {
+        my @w;
+        local $SIG{__WARN__} = sub { push @w, $_[0] };
+        my $v = Cache::FastMmap->new(share_file => $file, %geom, serializer => '',
+                                     unlink_on_exit => 0, test_file => 1);
+        Storable::nstore({ repaired => $v->repaired_pages, warnings => \@w }, $VALIDATE);
+        return 0;
+    });
+    my $r = -e $VALIDATE ? Storable::retrieve($VALIDATE) : undef;
+    return $r ? ($r->{repaired}, $r->{warnings}) : (undef, [FMTest::describe_status($st)]);
+}
+
+# Is page $page of the cache behind $c sound after a kill (and a repair)?
+# $expect: key => value of every entry that must have survived; $gone: keys
+# that must read as missing. Returns a list of problems.
+sub page_problems {
+    my ($c, $file, $page, $expect, $gone, %geom) = @_;
+    my @p;
+    for my $k (sort keys %$expect) {
+        my $v = eval { bounded(20, sub { $c->get($k) }) };
+        push @p, "entry $k " . (defined $v ? 'changed' : 'lost') . ($@ ? ": $@" : '')
+            unless defined $v && $v eq $expect->{$k};
+    }
+    for my $k (@$gone) {
+        my $v = eval { bounded(20, sub { $c->get($k) }) };
+        push @p, "dropped entry $k still reads " . (defined $v ? "'$v'" : "an error: $@")
+            if defined $v || $@;
+    }
+    my @listed = eval { bounded(20, sub { $c->get_keys(2) }) };
+    push @p, "get_keys died: $@" if $@;
+    my %listed = map { $_->{key} => $_->{value} } @listed;
+    for my $k (sort keys %listed) {
+        my $v = $c->get($k);
+        push @p, "get_keys lists $k with a value get does not return"
+            unless defined $v && defined $listed{$k} && $v eq $listed{$k};
+    }
+    push @p, map { "get_keys misses $_" } grep { !exists $listed{$_} } sort keys %$expect;
+    # new entries on that page can be stored and read back
+    my $n = 0;
+    for (my $i = 0; $n < 10; $i++) {
+        my $k = "new$i";
+        next unless (Cache::FastMmap::fc_hash($c->{Cache}, $k))[0] == $page;
+        $n++;
+        my $ok = eval { bounded(20, sub { $c->set($k, value_for($k, 1, 10)) }) };
+        my $v = eval { $c->get($k) };
+        push @p, "a new set of $k on the page " . ($ok ? 'did not read back' : "failed: $@")
+            unless $ok && defined $v && $v eq value_for($k, 1, 10);
+    }
+    my ($repaired, $w) = validate_file($file, %geom);
+    push @p, "a full validation afterwards had to repair "
+        . ($repaired // 'undef') . " page(s): @$w" if ($repaired // -1) != 0 || @$w;
+    return @p;
+}
+
 # ----------------------------------------- 1. killed in a get_and_set callback
 {
     my $file = FMTest::share_file('gas');
@@ -113,11 +207,15 @@ sub same_page_keys {
               'every other key (same page and other pages) intact');
     is($c->repaired_pages, 0, 'a valid page is not counted as repaired');
     is_deeply(\@w, [], 'no warnings');
+    my %expect = map { $_ => value_for($_, 0) } @mates;
+    $expect{victim} = 11;
+    is_deeply([page_problems($c, $file, $page, \%expect, [], num_pages => 5, page_size => 8192)], [],
+              'the page is sound: entries, get_keys, new sets, full validation');
 }
 
 # ----------------------- 2. and 3. killed after changing the page (write_cb)
-for my $damage (0, 1) {
-    my $tag = $damage ? 'damaged while held' : 'valid';
+for my $damage (0, 1, 2) {
+    my $tag = ('valid', 'slot count damaged while held', 'an item damaged while held')[$damage];
     my $file = FMTest::share_file("wb$damage");
     my %geom = (num_pages => 3, page_size => 4096);
     my $hold = 0;
@@ -152,10 +250,23 @@ for my $damage (0, 1) {
     is(scalar @marked, 1, "$tag: exactly one page is marked as being changed");
     my $vpage = $marked[0] // 0;
     $page_off = $pages_off + $vpage * $geom{page_size};
-    if ($damage) {
+    # what the page holds now, every entry complete (the victim sleeps in
+    # write_cb, between its expunge and its write)
+    my ($held, $at) = page_entries($file, $vpage, %geom);
+    ok(scalar(keys %$held) >= 5, "$tag: the victim's page holds entries (" . scalar(keys %$held) . ')');
+    my @gone;
+    if ($damage == 1) {
         # a torn update: the free slot count is off by one (only a full
         # validation notices this)
         write_u32($file, $page_off + 8, read_u32($file, $page_off + 8) - 1);
+    }
+    elsif ($damage == 2) {
+        # a torn item: its key length runs past the page. That entry is
+        # lost; every other one must survive the repair.
+        my ($k) = sort keys %$held;
+        write_u32($file, $at->{$k} + 16, 0x7fff0000);
+        @gone = ($k);
+        delete $held->{$k};
     }
     kill 'KILL', $pid;
     my $st = FMTest::wait_children(30, $pid);
@@ -164,11 +275,13 @@ for my $damage (0, 1) {
     my @w;
     local $SIG{__WARN__} = sub { push @w, $_[0] };
     # touch every page (get_keys locks each one), bounded
-    my @keys = bounded(20, sub { $c->get_keys(0) });
+    my @keys = eval { bounded(20, sub { $c->get_keys(0) }) };
+    is($@, '', "$tag: get_keys after the kill works");
     ok(scalar @keys, "$tag: get_keys after the kill returns entries");
     is(read_u32($file, $HEADER + 64 * $vpage + 56), 0, "$tag: marker cleared by the next locker");
-    my @bad = grep { !value_ok($_, $c->get($_)) } grep { defined $c->get($_) } @keys;
+    my @bad = grep { my $v = eval { $c->get($_) }; $@ || (defined $v && !value_ok($_, $v)) } @keys;
     is_deeply(\@bad, [], "$tag: every value left is one written for its key");
+    my @problems = page_problems($c, $file, $vpage, $held, \@gone, %geom);
     if ($damage) {
         is($c->repaired_pages, 1, "$tag: the page was repaired");
         is(scalar @w, 1, "$tag: one warning");
@@ -178,9 +291,11 @@ for my $damage (0, 1) {
         is($c->repaired_pages, 0, "$tag: a valid page is validated, not repaired");
         is_deeply(\@w, [], "$tag: no warning");
     }
+    is_deeply(\@problems, [], "$tag: the page is sound: every entry it held"
+              . (@gone ? ' but the damaged one' : '') . ', get_keys, new sets, full validation');
     $hold = 0;
-    ok(bounded(20, sub { $c->set('after', value_for('after', 7)) }), "$tag: set works afterwards");
-    is($c->get('after'), value_for('after', 7), "$tag: and reads back");
+    ok(eval { bounded(20, sub { $c->set('after', value_for('after', 7)) }) }, "$tag: set works afterwards");
+    is(eval { $c->get('after') }, value_for('after', 7), "$tag: and reads back");
 }
 
 # ------------------------------------------------------- 4. random kills
@@ -236,8 +351,17 @@ for my $damage (0, 1) {
                 $c3->set($k, value_for($k, 0));
                 push @lost, $k unless ($c3->get($k) // '') eq value_for($k, 0);
             }
+            # and now a full validation finds nothing left to repair
+            my @vw;
+            my $v = do {
+                local $SIG{__WARN__} = sub { push @vw, $_[0] };
+                Cache::FastMmap->new(share_file => $file, %geom, serializer => '',
+                                     unlink_on_exit => 0, test_file => 1);
+            };
             Storable::nstore({ bad => \@bad, lost => \@lost, warnings => \@w,
-                               repaired => $c3->repaired_pages }, $report);
+                               repaired => $c3->repaired_pages,
+                               unsound => [($v->repaired_pages ? ('pages repaired: ' . $v->repaired_pages) : ()), @vw] },
+                             $report);
             return 0;
         });
         my $res = -e $report ? Storable::retrieve($report) : undef;
@@ -247,6 +371,7 @@ for my $damage (0, 1) {
         }
         push @problems, "round $round: wrong values: @{ $res->{bad} }" if @{ $res->{bad} };
         push @problems, "round $round: fresh sets lost: @{ $res->{lost} }" if @{ $res->{lost} };
+        push @problems, "round $round: full validation afterwards: @{ $res->{unsound} }" if @{ $res->{unsound} };
         my @pw = grep { /^page \d+ of \Q$file\E reinitialised: \S/ } @{ $res->{warnings} };
         push @problems, "round $round: unexpected warnings: @{ $res->{warnings} }"
             if @pw != @{ $res->{warnings} };

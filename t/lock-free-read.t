@@ -63,36 +63,74 @@ my ($details) = grep { $_->{key} eq 'k' } $c->get_keys(1);
 is($details->{last_access}, $T0 + 5, '... and updates the last-access time');
 
 # Concurrent writers and lock-free readers: every value read is one that
-# was written for its key (values embed the key and a checksum).
+# was written for its key (values embed the key and a checksum). Small
+# pages and values of a few hundred bytes, so that sets compact the pages
+# under the reader. The run cannot pass by reading nothing: the writers
+# start only once the reader is reading, the reader goes on until both
+# writers have exited, no key is ever evicted (six keys of at most 450
+# bytes on two 8 KB pages), so every read must return a good value, and the
+# last reads must see the writers' values.
 {
-    my $d = FMTest::new_cache(num_pages => 2, page_size => 16384, serializer => '');
+    my $d = FMTest::new_cache(num_pages => 2, page_size => 8192, serializer => '');
     Cache::FastMmap::_set_time_override(0);
-    my $val = sub { my ($k, $i) = @_; my $v = "$k:$i:" . ('x' x ($i % 50)); "$v:" . unpack('%32C*', $v) };
-    $d->set("w$_", $val->("w$_", 0)) for 1 .. 20;
-    my $bar = FMTest::barrier();
+    my @keys = map { "w$_" } 1 .. 6;
+    my $val = sub { my ($k, $i) = @_; my $v = "$k:$i:" . ('x' x (100 + $i * 7 % 300)); "$v:" . unpack('%32C*', $v) };
+    $d->set($_, $val->($_, 0)) for @keys;
+    my $bar = FMTest::barrier();         # released by the parent: start
+    my $go = FMTest::barrier();          # released by the reader: writers go
+    pipe(my $done_r, my $done_w) or die "pipe: $!";    # EOF: the writers have exited
+    pipe(my $res_r, my $res_w) or die "pipe: $!";
     my @writers = map {
         my $id = $_;
         FMTest::fork_child(60, sub {
+            close $done_r;
             $bar->wait;
-            for my $i (1 .. 3000) { my $k = "w" . (1 + ($i * 7 + $id) % 20); $d->set($k, $val->($k, $i)) }
+            $go->wait;
+            for my $i (1 .. 30000) { my $k = $keys[($i * 7 + $id) % @keys]; $d->set($k, $val->($k, $i)) }
             return 0;
         });
     } 1 .. 2;
     my $reader = FMTest::fork_child(60, sub {
+        close $done_w;
+        close $res_r;
         $bar->wait;
-        for my $i (1 .. 20000) {
-            my $k = "w" . (1 + $i % 20);
+        my ($reads, $misses, $bad, $fresh, $during) = (0, 0, 0, 0, 0);
+        my $rin = '';
+        vec($rin, fileno($done_r), 1) = 1;
+        my $writers_done = 0;
+        for (my $i = 0; !$writers_done || $i % @keys; $i++) {
+            if ($i == 1000) { $go->release }
+            if ($i > 1000 && $i % 64 == 0 && select(my $rout = $rin, undef, undef, 0) > 0) {
+                # only EOF can come; the keys are then read once more
+                $writers_done = 1;
+            }
+            my $k = $keys[$i % @keys];
             my $v = $d->get($k);
-            next unless defined $v;
-            my ($body, $sum) = $v =~ /\A(.*):(\d+)\z/s or return 3;
-            return 4 unless $sum == unpack('%32C*', $body) && index($body, "$k:") == 0;
+            $reads++;
+            if (!defined $v) { $misses++; next }
+            my ($body, $n, $sum) = $v =~ /\A(\Q$k\E:(\d+):x*):(\d+)\z/s or ++$bad, next;
+            $bad++ unless $sum == unpack('%32C*', $body);
+            $fresh++ if $writers_done && $n > 0;
+            $during++ if $i > 1000 && !$writers_done;
         }
+        syswrite($res_w, "$reads $misses $bad $fresh $during\n");
         return 0;
     });
+    close $done_w;
+    close $done_r;
+    close $res_w;
+    $go->release;    # the parent's copy: only the reader's release counts
     $bar->release;
     my $res = FMTest::wait_children(90, @writers, $reader);
-    is(FMTest::describe_status($res->{$reader}), 'exit 0', 'lock-free readers never saw a torn or foreign value');
+    my ($reads, $misses, $bad, $fresh, $during) = split ' ', (<$res_r> // '');
+    note("reads: $reads, of which $during after the writers started and before they exited");
+    close $res_r;
+    is(FMTest::describe_status($res->{$reader}), 'exit 0', 'lock-free reader finished');
     is_deeply([map { FMTest::describe_status($res->{$_}) } @writers], ['exit 0', 'exit 0'], 'writers finished');
+    cmp_ok($reads // 0, '>', 1000, "the reader read before, while and after the writers wrote ($reads reads)");
+    is($misses, 0, 'every read found its key');
+    is($bad, 0, 'lock-free readers never saw a torn or foreign value');
+    cmp_ok($fresh // 0, '>=', 1, "the last reads saw the writers' values");
 }
 
 done_testing;

@@ -11,6 +11,14 @@
 # owner-died mark the kernel wrote at its exit: after a crash of the whole
 # machine nobody writes that mark, and the word names a dead owner forever
 # (a plain pthread_mutex_lock on it would block for good).
+#
+# A repaired page is checked for soundness, not only for the repair count
+# and warning: every entry written before the crash reads back (all of
+# them, or all but the one item the test garbled), get_keys agrees with
+# get, new sets on the page work, and a full validation (test_file) of the
+# file afterwards finds nothing left to repair. A repair that only counts,
+# warns and resets the lock fails this, and so does one that empties the
+# page.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -53,8 +61,40 @@ sub new_cache {
                                 unlink_on_exit => 0, %o);
 }
 
+# What a writer that dies part-way through changing page $page leaves in
+# its lock table entry: the "being mutated" marker (offset 56) set and the
+# change counter (offset 60) odd.
+sub mark_changing {
+    my ($file, $page) = @_;
+    my $entry = $HEADER + 64 * $page;
+    rw_u32($file, $entry + 56, 1);
+    rw_u32($file, $entry + 60, rw_u32($file, $entry + 60) | 1);
+}
+
+# Key => offset in the file of every item page $page of $file holds
+# (layout: rust/page.rs -- a 32-byte header with the slot count at 4, then
+# u32 slots: 0 empty, 1 deleted, else the offset of an item, whose 24-byte
+# header has the key length at 16, then the key).
+sub item_offsets {
+    my ($file, $page) = @_;
+    my $base = $PAGES_OFF + $page * $GEOM{page_size};
+    open my $fh, '<:raw', $file or die "$file: $!";
+    sysseek($fh, $base, 0) or die;
+    sysread($fh, my $p, $GEOM{page_size}) == $GEOM{page_size} or die "short read";
+    my %at;
+    for my $i (0 .. unpack('L', substr($p, 4, 4)) - 1) {
+        my $o = unpack 'L', substr($p, 32 + 4 * $i, 4);
+        next if $o <= 1;
+        my $kl = unpack 'L', substr($p, $o + 16, 4);
+        $at{ substr($p, $o + 24, $kl) } = $base + $o;
+    }
+    return \%at;
+}
+
 # Builds a closed file with 60 keys and one page whose lock word names a
-# dead owner; returns (page, key on it). $mark: also set its marker.
+# dead owner; returns (page, the lock word the kernel left, keys lost to
+# the damage). $mark: also set its marker. $damage 1: the page's free slot
+# count off by one; 2: one item's key length running past the page.
 sub stale_file {
     my ($file, $mark, $damage) = @_;
     my ($page, @keys);
@@ -82,41 +122,101 @@ sub stale_file {
     my $entry = $HEADER + 64 * $page;
     my $word = rw_u32($file, $entry, $pid);
     rw_u32($file, $entry + 8, $pid);
-    rw_u32($file, $entry + 56, 1) if $mark;
-    if ($damage) {
+    mark_changing($file, $page) if $mark;
+    my @gone;
+    if ($damage == 1) {
         # a torn update: the free slot count off by one (only a full
         # validation of the page notices)
         my $o = $PAGES_OFF + $page * $GEOM{page_size} + 8;
         rw_u32($file, $o, rw_u32($file, $o) - 1);
     }
-    return ($page, $word);
+    elsif ($damage == 2) {
+        # a torn item: that entry is lost, all the others must survive
+        my $at = item_offsets($file, $page);
+        my ($k) = grep { $_ ne 'k1' } sort keys %$at;
+        rw_u32($file, $at->{$k} + 16, 0x7fff0000);
+        @gone = ($k);
+    }
+    return ($page, $word, @gone);
+}
+
+# Opens $file with test_file => 1 (every page fully validated, the bad ones
+# repaired) in a bounded child: the problems it reports (pages repaired,
+# warnings, or how the child ended).
+my $vreport = FMTest::tmpdir() . '/validate';
+sub validation_problems {
+    my ($file) = @_;
+    unlink $vreport;
+    my $st = FMTest::run_in_child(20, sub {
+        my @w;
+        local $SIG{__WARN__} = sub { push @w, $_[0] };
+        my $c = new_cache($file, test_file => 1);
+        Storable::nstore({ repaired => $c->repaired_pages, warnings => \@w }, $vreport);
+        return 0;
+    });
+    my $r = -e $vreport ? Storable::retrieve($vreport) : undef;
+    return ("validation child: " . FMTest::describe_status($st)) unless $r;
+    return (($r->{repaired} ? ("full validation repaired $r->{repaired} page(s)") : ()),
+            map { "full validation warned: $_" } @{ $r->{warnings} });
 }
 
 my $report = FMTest::tmpdir() . '/report';
+# Opens $file in a bounded child, as the first user after the crash, and
+# reports: the keys k1..k60 not reading back their value (or, for the
+# @gone ones, reading anything), the warnings and repairs, k1 after a
+# get_and_set, and the problems of the stale page afterwards (get_keys
+# against get, new sets on it).
 sub fresh_open {
-    my ($file) = @_;
+    my ($file, $page, @gone) = @_;
+    my %gone = map { $_ => 1 } @gone;
     unlink $report;
     my $st = FMTest::run_in_child(20, sub {
         my @w;
         local $SIG{__WARN__} = sub { push @w, $_[0] };
         my $c = new_cache($file);
-        my @bad = grep { ($c->get("k$_") // '') ne value_for("k$_", 0) } 1 .. 60;
+        my @bad = grep {
+            my $v = eval { $c->get($_) };
+            $@ || ($gone{$_} ? defined $v : ($v // '') ne value_for($_, 0));
+        } map { "k$_" } 1 .. 60;
         my $n = $c->get_and_set('k1', sub { 'again' });
+        # and again, now that the page has surely been locked (and checked)
+        push @bad, map { "$_ after a lock" } grep {
+            my $v = eval { $c->get($_) };
+            $@ || ($gone{$_} ? defined $v : ($v // '') ne value_for($_, 0));
+        } map { "k$_" } 2 .. 60;
+        my @p;
+        my %listed = map { $_->{key} => $_->{value} } eval { $c->get_keys(2) };
+        push @p, "get_keys died: $@" if $@;
+        push @p, map { "get_keys lists $_ with a value get does not return" }
+                 grep { ($c->get($_) // "\0") ne ($listed{$_} // "\1") } sort keys %listed;
+        push @p, map { "get_keys misses $_" }
+                 grep { !$gone{$_} && !exists $listed{$_} } map { "k$_" } 1 .. 60;
+        if (defined $page) {
+            my $made = 0;
+            for (my $i = 0; $made < 10; $i++) {
+                next unless (Cache::FastMmap::fc_hash($c->{Cache}, "new$i"))[0] == $page;
+                $made++;
+                my $ok = eval { $c->set("new$i", value_for("new$i", 1)) };
+                push @p, "a new set of new$i on the page did not read back"
+                    unless $ok && ($c->get("new$i") // '') eq value_for("new$i", 1);
+            }
+        }
         Storable::nstore({ bad => \@bad, warnings => \@w, repaired => $c->repaired_pages,
-                           k1 => $c->get('k1') }, $report);
+                           k1 => $c->get('k1'), page => \@p }, $report);
         return 0;
     });
     return ($st, -e $report ? Storable::retrieve($report) : undef);
 }
 
 for my $case (['stale lock word', 0, 0], ['stale lock word + marker', 1, 0],
-              ['stale lock word + marker + torn page', 1, 1]) {
+              ['stale lock word + marker + torn page', 1, 1],
+              ['stale lock word + marker + torn item', 1, 2]) {
     my ($name, $mark, $damage) = @$case;
     my $file = FMTest::share_file('stale');
-    my ($page, $word) = stale_file($file, $mark, $damage);
+    my ($page, $word, @gone) = stale_file($file, $mark, $damage);
     ok($word & $FUTEX_OWNER_DIED, "$name: the kernel had marked the lock owner-dead");
     my $ino = (stat $file)[1];
-    my ($st, $r) = fresh_open($file);
+    my ($st, $r) = fresh_open($file, $page, @gone);
     is(FMTest::describe_status($st), 'exit 0', "$name: a fresh opener does not block (alarm-bounded)")
         or next;
     is((stat $file)[1], $ino, "$name: same file (not replaced)");
@@ -128,11 +228,14 @@ for my $case (['stale lock word', 0, 0], ['stale lock word + marker', 1, 0],
              "$name: documented warning");
     }
     else {
-        is_deeply($r->{bad}, [], "$name: every value intact");
         is($r->{repaired}, 0, "$name: nothing repaired");
         is_deeply($r->{warnings}, [], "$name: no warnings");
     }
+    is_deeply($r->{bad}, [], "$name: every value intact" . (@gone ? " but the garbled item's (@gone), gone" : ''));
+    is_deeply($r->{page}, [], "$name: get_keys agrees with get, new sets on the page work");
+    is_deeply([validation_problems($file)], [], "$name: a full validation afterwards finds the file sound");
     is(rw_u32($file, $HEADER + 64 * $page + 56), 0, "$name: marker clear afterwards");
+    is(rw_u32($file, $HEADER + 64 * $page + 60) % 2, 0, "$name: change counter even afterwards");
 }
 
 # With another user present (a shared liveness lock held by someone else, as
@@ -186,12 +289,15 @@ SKIP: {
     }
     my $o2 = $PAGES_OFF + $page * $GEOM{page_size} + 8;
     rw_u32($ctl, $o2, rw_u32($ctl, $o2) - 1);
-    rw_u32($file, $HEADER + 64 * $page + 56, 1);
-    my ($st, $r) = fresh_open($file);
+    mark_changing($file, $page);
+    my ($st, $r) = fresh_open($file, $page);
     is(FMTest::describe_status($st), 'exit 0', 'marker only: fresh opener fine');
     is($r->{repaired}, 1, 'marker only: the marked page got a full validation and was repaired');
     like($r->{warnings}[0] // '', qr/^page $page of \Q$file\E reinitialised: .*half-modified/,
          'marker only: the warning says the page was left half-modified');
+    is_deeply($r->{bad}, [], 'marker only: every value intact');
+    is_deeply($r->{page}, [], 'marker only: get_keys agrees with get, new sets on the page work');
+    is_deeply([validation_problems($file)], [], 'marker only: a full validation afterwards finds the file sound');
 }
 
 # While another process has the file open, a new opener must not reset the
