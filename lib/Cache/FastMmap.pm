@@ -761,6 +761,22 @@ sub repaired_pages {
 }
 
 #----------------------------------------------------------------------------
+# Operability: cumulative statistics kept in the file (stats)
+#----------------------------------------------------------------------------
+
+# One hashref from the engine: a few words of every page header read without
+# locking, and the counters every process adds to in the file header.  Safe
+# anywhere, even inside get_and_set's callback (no page lock is taken there).
+sub stats {
+  my $Self = shift;
+  Carp::croak('stats takes no arguments') if @_;
+  my $Cache = $Self->{Cache};
+  Carp::croak('Cache::FastMmap: the cache is closed')
+    unless ref($Cache) && fc_is_open($Cache);
+  return fc_stats($Cache);
+}
+
+#----------------------------------------------------------------------------
 # Multi-key operations within one page
 #----------------------------------------------------------------------------
 
@@ -1468,6 +1484,50 @@ C<get>, C<exists>, C<expire>, C<multi_get>, C<get_and_set> and
 C<get_and_remove>) and how many found a live entry.  They are only counted
 when the cache was created with C<enable_stats>.  With a true C<$clear> the
 counters are reset after being read.
+
+=head2 stats()
+
+Returns a hash reference describing the whole cache, as every process using
+the share file sees it:
+
+  entries          occupied slots: live entries, plus expired entries and
+                   tombstones that no expunge has removed yet
+  capacity_bytes   num_pages * page_size
+  used_bytes       capacity_bytes minus the free bytes of every page (page
+                   headers, slot tables and the room of overwritten or
+                   deleted entries not yet reclaimed count as used)
+  evictions        live entries evicted (least recently used first) to make
+                   room for new ones
+  expirations      expired entries removed (by an expunge, purge or empty)
+  repairs          pages found damaged and repaired
+  reads            lookups (get, exists, get_and_set, multi_get, ...)
+  hits             lookups that found a live entry
+  num_pages, page_size   the file's geometry
+
+C<evictions>, C<expirations>, C<repairs>, C<reads> and C<hits> are
+cumulative since the file was created (C<init_file>, or a change of
+geometry, starts them again at 0), shared by every process, and kept in the
+file's header (format version 2), so C<fastmmap stats FILE> shows the same
+numbers from outside.  Entries removed by C<clear> or C<remove> are neither
+evictions nor expirations.
+
+They are always counted, whatever C<enable_stats> says, and cost nothing a
+benchmark can see: evictions and expirations are added once per expunge
+(which rewrites a page anyway) with one relaxed atomic addition; reads and
+hits are counted in each object's own memory and added to the file in
+batches of 64, when C<stats> is called, and when the object is closed.  So
+another process's view of C<reads> and C<hits> can be short by fewer than
+64 per open cache object; the unflushed counts of a process killed with
+SIGKILL are lost, and a forked child never adds the counts it inherited.  A
+miss on a cache with a C<read_cb> is looked up twice (without the lock, then
+under it before C<read_cb> runs) and counts as two reads.
+
+C<entries> and C<used_bytes> are read from every page's header without
+taking any lock (each page's change counter tells a consistent read from
+one overlapping a change), so C<stats> is cheap enough to call often
+(microseconds for the default 89 pages) and works inside a callback.
+C<get_statistics> is unchanged: it reports the per-page counters that only
+C<enable_stats> turns on.
 
 =head2 multi_get($page_key, \@keys)
 
