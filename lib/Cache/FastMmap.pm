@@ -1863,6 +1863,57 @@ new.
 
 =back
 
+=head1 WHEN ONE MACHINE IS NOT ENOUGH
+
+A share file is shared by the processes of one host.  When an application
+runs on several hosts, put a distributed cache (memcached, Redis, ...)
+behind this one and use this cache as each host's first level: L<CHI>'s
+C<l1_cache> does exactly that.
+
+  my $cache = CHI->new(
+      driver     => 'Memcached',
+      servers    => [ '10.0.0.5:11211' ],
+      namespace  => 'app',
+      expires_in => '10 min',
+      l1_cache   => { driver => 'FastMmap', root_dir => '/var/cache/app',
+                      cache_size => '64m' },
+  );
+
+What to expect (F<xt/tier.t> checks the points on reads, writes, staleness
+and stats: it starts a real memcached on 127.0.0.1 and stands two groups of
+processes in for two hosts):
+
+=over 4
+
+=item *
+
+A C<set> writes to memcached and to the writing host's file.  A C<get>
+looks in the host's file first: a hit there never asks memcached, whichever
+process of the host wrote the entry.  A miss asks memcached and copies what
+it finds into the host's file.
+
+=item *
+
+Nothing tells the other hosts about a write.  After host A sets a new
+value, host B keeps serving the copy in its own file until that copy
+expires.  CHI gives an L1 copy the expiry time of the entry it copied, so
+B<an entry can be stale for as long as its C<expires_in>> (counted from the
+write B copied).  Choose C<expires_in> as the staleness you can accept; for
+values that must never be stale, read them from the shared tier directly
+(a second CHI object without C<l1_cache>), or remove them on every host.
+
+=item *
+
+C<remove>, C<clear> and C<expire> through CHI act on memcached and on this
+host's file only, for the same reason.
+
+=item *
+
+Each host's file keeps its own L</stats()>: its C<hits> are the reads that
+memcached never saw.
+
+=back
+
 =head1 EXAMPLES
 
 The distribution's F<eg/> directory has short, working programs:
@@ -1893,6 +1944,7 @@ The tests in F<xt/> run each of them for real.
 
 =head1 SEE ALSO
 
+L<fastmmap>, the command that inspects, verifies and repairs share files;
 L<CHI>, which can use this module as a driver; L<Cache::Cache>;
 L<Storable>, L<Sereal>, L<JSON>, L<Compress::Zlib>.
 
