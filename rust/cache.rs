@@ -11,6 +11,7 @@ use crate::fork::ForkToken;
 use crate::hash::hash_key;
 use crate::lock::{self, Acquired, DIRTY_OFF};
 use crate::page::{self, Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, ReadOut, Stored};
+use crate::stats;
 use crate::time;
 use std::path::PathBuf;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
@@ -165,6 +166,8 @@ pub struct Cache {
     warnings: Vec<String>,
     /// Tells a forked child that inherited our "locked" state (see `unlock`).
     fork: ForkToken,
+    /// Reads and hits not yet added to the file's counters (see `stats.rs`).
+    tally: stats::Tally,
 }
 
 impl Default for Cache {
@@ -184,6 +187,7 @@ impl Cache {
             repaired: 0,
             warnings: Vec::new(),
             fork: ForkToken::new(),
+            tally: stats::Tally::default(),
         }
     }
 
@@ -407,6 +411,7 @@ impl Cache {
         };
         let g = file.layout.geometry;
         let kept = page_at(file, n).repair(g.start_slots, &hash_checker(g.num_pages, n));
+        stats::record_repair(file);
         self.repaired += 1;
         self.warnings.push(format!(
             "page {n} of {} reinitialised: {why} ({kept} entries kept)",
@@ -452,7 +457,11 @@ impl Cache {
     pub fn read(&mut self, slot_hash: u32, key: &[u8]) -> Result<ReadOut> {
         let now = time::now();
         let stats = self.params.enable_stats;
-        self.with_page(false, |p| p.read(slot_hash, key, now, stats))
+        let r = self.with_page(false, |p| p.read(slot_hash, key, now, stats));
+        if let (Ok(out), Some(f)) = (&r, &self.file) {
+            self.tally.count(f, out.found);
+        }
+        r
     }
 
     /// A lookup without taking the page lock (a sequence-lock read): `Some((peek, ticket))`
@@ -490,6 +499,7 @@ impl Cache {
                 ticket = version.load(Ordering::Acquire);
             }
             let found = page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
+            self.tally.peeked(found.found);
             Some((found, ticket))
         }
     }
@@ -514,7 +524,12 @@ impl Cache {
         }
         fence(Ordering::Acquire);
         // SAFETY: the entry lies in the live mapping owned by `file`.
-        unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket }
+        let same =
+            unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket };
+        if same {
+            self.tally.confirmed(file);
+        }
+        same
     }
 
     /// Pointer to a read value's bytes (valid as [`Cache::read`] says).
@@ -558,6 +573,7 @@ impl Cache {
             }
         }
         page.apply_expunge(&plan);
+        stats::record_expunge(file, &plan, mode, now);
         Ok(self.items.recs.len())
     }
 
@@ -647,8 +663,35 @@ impl Cache {
         }
     }
 
+    // ---- Accessors for `stats.rs` and `inspect.rs` (additive) ----
+
+    /// The open file, if any.
+    pub(crate) fn mapped(&self) -> Option<&MappedFile> {
+        self.file.as_ref()
+    }
+
+    pub(crate) fn mapped_or_err(&self) -> Result<&MappedFile> {
+        self.file()
+    }
+
+    /// The page this handle holds locked, if any (in this process).
+    pub fn locked_page(&self) -> Option<u32> {
+        if self.fork.same_process() {
+            self.locked
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn tally(&self) -> &stats::Tally {
+        &self.tally
+    }
+
     /// Unlocks and unmaps. The handle can no longer be used for pages.
     pub fn close(&mut self) {
+        if let Some(f) = &self.file {
+            self.tally.flush(f);
+        }
         self.unlock();
         self.file = None;
         self.items = ItemBuf::default();
@@ -657,6 +700,9 @@ impl Cache {
 
 impl Drop for Cache {
     fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            self.tally.flush(f);
+        }
         self.unlock();
     }
 }

@@ -595,6 +595,349 @@ pub unsafe extern "C" fn fc_take_warning(c: *mut FcCache) -> *const c_char {
     }
 }
 
+// ---- Statistics and inspection (the `fastmmap` command) ------------------------------
+
+/// What `fc_stats` reports (see `stats.rs`): counters cumulative since the file was created,
+/// shared by every process using it.
+#[repr(C)]
+pub struct FcStats {
+    /// Occupied slots: live entries plus expired entries and tombstones not yet expunged.
+    pub entries: u64,
+    /// num_pages * page_size.
+    pub capacity_bytes: u64,
+    /// capacity_bytes minus the pages' free bytes.
+    pub used_bytes: u64,
+    /// Live entries evicted to make room (LRU).
+    pub evictions: u64,
+    /// Expired entries removed.
+    pub expirations: u64,
+    /// Pages found damaged and repaired.
+    pub repairs: u64,
+    /// Reads, and those that found a live entry (batched per handle, see `stats.rs`).
+    pub reads: u64,
+    pub hits: u64,
+    pub num_pages: u32,
+    pub page_size: u32,
+}
+
+/// Fills `*out` with the cache's statistics (no page lock needed, none left held).
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_stats(c: *mut FcCache, out: *mut FcStats) -> c_int {
+    call(c, |cache| {
+        let s = crate::stats::snapshot(cache)?;
+        put(
+            out,
+            FcStats {
+                entries: s.entries,
+                capacity_bytes: s.capacity_bytes,
+                used_bytes: s.used_bytes,
+                evictions: s.counters.evictions,
+                expirations: s.counters.expirations,
+                repairs: s.counters.repairs,
+                reads: s.counters.reads,
+                hits: s.counters.hits,
+                num_pages: s.num_pages,
+                page_size: s.page_size,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// An opaque inspection handle on a share file (see `inspect.rs`).
+pub struct FcInspect {
+    ins: Option<crate::inspect::Inspector>,
+    report: Option<crate::inspect::PageReport>,
+    message: CString,
+}
+
+impl FcInspect {
+    fn set_message(&mut self, msg: &str) {
+        self.message = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    }
+}
+
+/// What a file's header says, with its counters.
+#[repr(C)]
+pub struct FcFileInfo {
+    pub format_version: u32,
+    pub page_size: u32,
+    pub num_pages: u32,
+    pub start_slots: u32,
+    pub file_size: u64,
+    pub lock_table_off: u64,
+    pub pages_off: u64,
+    /// 1 when another process has the file open.
+    pub in_use: u32,
+    pub reads: u64,
+    pub hits: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub repairs: u64,
+}
+
+/// What `fc_inspect_page` found.
+#[repr(C)]
+pub struct FcPageInfo {
+    /// 0 sound, 1 damaged, 2 busy (not checked), 3 a change left unfinished.
+    pub state: u32,
+    /// 0 free, 1 held by a live process, 2 held by one that is gone, 3 malformed.
+    pub lock: u32,
+    pub num_slots: u32,
+    pub free_slots: u32,
+    pub old_slots: u32,
+    pub free_bytes: u32,
+    /// Live entries, expired ones, tombstones, dirty (write-back) ones.
+    pub entries: u32,
+    pub expired: u32,
+    pub tombstones: u32,
+    pub dirty: u32,
+    pub nreads: u32,
+    pub nhits: u32,
+    /// Oldest and newest last-access time (0 when the page is empty).
+    pub oldest: u32,
+    pub newest: u32,
+    /// Entries listed (with `with_items`), readable with `fc_inspect_item`.
+    pub nitems: u32,
+}
+
+/// Opens `path` for inspection (read-only), or with `writable` for `fc_inspect_repair`.
+/// Always returns a handle (NULL only if memory ran out): `fc_inspect_open_error` says
+/// whether the file could be opened.
+///
+/// # Safety
+/// `path` points at `path_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_open(
+    path: *const u8,
+    path_len: usize,
+    writable: c_int,
+) -> *mut FcInspect {
+    let p = crate::file::path_from_bytes(bytes(path, path_len));
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut h = FcInspect {
+            ins: None,
+            report: None,
+            message: CString::default(),
+        };
+        match crate::inspect::Inspector::open(&p, writable != 0) {
+            Ok(i) => h.ins = Some(i),
+            Err(e) => h.set_message(e.message()),
+        }
+        Box::into_raw(Box::new(h))
+    }))
+    .unwrap_or(std::ptr::null_mut())
+}
+
+/// Why the file could not be opened, or NULL when it was.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_open_error(h: *const FcInspect) -> *const c_char {
+    match h.as_ref() {
+        Some(h) if h.ins.is_none() => h.message.as_ptr(),
+        Some(_) => std::ptr::null(),
+        None => b"no inspection handle\0".as_ptr() as *const c_char,
+    }
+}
+
+/// The message of the last call that returned -1 (or a repair's report).
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_message(h: *const FcInspect) -> *const c_char {
+    h.as_ref()
+        .map_or(b"no inspection handle\0".as_ptr() as *const c_char, |h| {
+            h.message.as_ptr()
+        })
+}
+
+/// Fills `*out` from the header: 0, or -1 when the header cannot be used (why: in
+/// `fc_inspect_message`).
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_header(h: *mut FcInspect, out: *mut FcFileInfo) -> c_int {
+    let Some(h) = h.as_mut() else { return -1 };
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let ins = h.ins.as_ref().ok_or("the file is not open".to_string())?;
+        let l = ins.header.clone()?;
+        let k = ins.counters();
+        put(
+            out,
+            FcFileInfo {
+                format_version: crate::file::FORMAT_VERSION,
+                page_size: l.geometry.page_size,
+                num_pages: l.geometry.num_pages,
+                start_slots: l.geometry.start_slots,
+                file_size: l.file_size,
+                lock_table_off: l.lock_table_off,
+                pages_off: l.pages_off,
+                in_use: u32::from(ins.in_use()),
+                reads: k.reads,
+                hits: k.hits,
+                evictions: k.evictions,
+                expirations: k.expirations,
+                repairs: k.repairs,
+            },
+        );
+        Ok::<(), String>(())
+    }));
+    match r {
+        Ok(Ok(())) => 0,
+        Ok(Err(m)) => {
+            h.set_message(&m);
+            -1
+        }
+        Err(p) => {
+            h.set_message(&format!("internal error: {}", panic_message(&*p)));
+            -1
+        }
+    }
+}
+
+/// Checks page `page` (read-only) and fills `*out`; with `with_items` its entries are
+/// kept for `fc_inspect_item`. The page's problems, joined by "; ", are in
+/// `fc_inspect_message` (empty when sound). Returns -1 on a bad page number or an
+/// unusable header.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_page(
+    h: *mut FcInspect,
+    page: u32,
+    with_items: c_int,
+    out: *mut FcPageInfo,
+) -> c_int {
+    let Some(h) = h.as_mut() else { return -1 };
+    h.report = None;
+    let r = catch_unwind(AssertUnwindSafe(|| match &h.ins {
+        Some(ins) => ins
+            .page(page, with_items != 0)
+            .map_err(|e| e.message().to_string()),
+        None => Err("the file is not open".to_string()),
+    }));
+    let r = match r {
+        Ok(r) => r,
+        Err(p) => Err(format!("internal error: {}", panic_message(&*p))),
+    };
+    match r {
+        Ok(rep) => {
+            put(
+                out,
+                FcPageInfo {
+                    state: rep.state as u32,
+                    lock: rep.lock as u32,
+                    num_slots: rep.num_slots,
+                    free_slots: rep.free_slots,
+                    old_slots: rep.old_slots,
+                    free_bytes: rep.free_bytes,
+                    entries: rep.entries,
+                    expired: rep.expired,
+                    tombstones: rep.tombstones,
+                    dirty: rep.dirty,
+                    nreads: rep.nreads,
+                    nhits: rep.nhits,
+                    oldest: rep.oldest,
+                    newest: rep.newest,
+                    nitems: rep.items.len() as u32,
+                },
+            );
+            h.set_message(&rep.problems.join("; "));
+            h.report = Some(rep);
+            0
+        }
+        Err(m) => {
+            h.set_message(&m);
+            -1
+        }
+    }
+}
+
+/// Entry `index` of the last `fc_inspect_page` with `with_items`: the key (owned by the
+/// handle, valid until the next `fc_inspect_page`), the value's length (`val` is NULL),
+/// times, flags, modseq. Returns -1 when there is no such entry.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_item(
+    h: *const FcInspect,
+    index: u32,
+    out: *mut FcItem,
+) -> c_int {
+    let Some(e) = h
+        .as_ref()
+        .and_then(|h| h.report.as_ref())
+        .and_then(|r| r.items.get(index as usize))
+    else {
+        return -1;
+    };
+    put(
+        out,
+        FcItem {
+            key: e.key.as_ptr(),
+            key_len: e.key.len(),
+            val: std::ptr::null(),
+            val_len: e.val_len,
+            last_access: e.last_access,
+            expire_on: e.expire_on,
+            flags: e.flags,
+            has_modseq: u32::from(e.modseq.is_some()),
+            modseq: e.modseq.unwrap_or(0),
+        },
+    );
+    0
+}
+
+/// Repairs the file offline (opened with `writable`; refused while other processes have
+/// it open). Returns how many pages it changed, with one line per page in
+/// `fc_inspect_message`, or -1 with the reason there.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_repair(h: *mut FcInspect) -> i64 {
+    let Some(h) = h.as_mut() else { return -1 };
+    let r = catch_unwind(AssertUnwindSafe(|| match h.ins.as_mut() {
+        Some(ins) => ins.repair().map_err(|e| e.message().to_string()),
+        None => Err("the file is not open".to_string()),
+    }));
+    match r {
+        Ok(Ok(notes)) => {
+            h.set_message(&notes.join("\n"));
+            notes.len() as i64
+        }
+        Ok(Err(m)) => {
+            h.set_message(&m);
+            -1
+        }
+        Err(p) => {
+            h.set_message(&format!("internal error: {}", panic_message(&*p)));
+            -1
+        }
+    }
+}
+
+/// Closes and frees an inspection handle. NULL is ignored.
+///
+/// # Safety
+/// `h` is NULL or a live handle from `fc_inspect_open`, closed only once.
+#[no_mangle]
+pub unsafe extern "C" fn fc_inspect_close(h: *mut FcInspect) {
+    if !h.is_null() {
+        let b = Box::from_raw(h);
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(b)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

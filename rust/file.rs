@@ -25,14 +25,16 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
-const FORMAT_VERSION: u32 = 1;
-const HEADER_SIZE: u64 = 4096;
+/// Version 2: the header also holds the cumulative counters of `stats.rs` (version 1
+/// files, which have none, are replaced like any other mismatch).
+pub const FORMAT_VERSION: u32 = 2;
+pub const HEADER_SIZE: u64 = 4096;
 /// Lock kind recorded in the header: robust process-shared pthread mutexes of the plain
 /// kind, with holders' opener slots recorded (kind 1 was error-checking mutexes).
 const LOCK_KIND_ROBUST_MUTEX: u32 = 2;
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the header covered by the checksum; the checksum follows them.
-const HEADER_FIELDS: usize = 72;
+pub const HEADER_FIELDS: usize = 72;
 /// Largest page we accept: offsets inside a page are u32, and upstream never went past 1 GiB.
 pub const MAX_PAGE_SIZE: u32 = 1 << 30;
 /// How often `open` retries when another process keeps changing the file under it.
@@ -141,6 +143,49 @@ fn header_mismatch(layout: &Layout, found: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// What the header of an existing file says, checked without knowing the geometry it
+/// should have (for inspection tools): the layout it describes, or what is wrong with it.
+/// `file_len` is the file's actual size. Every field is checked against the others and
+/// against what this build writes, so a hostile header cannot give out-of-range offsets.
+pub fn parse_header(found: &[u8], file_len: u64) -> std::result::Result<Layout, String> {
+    if found.len() < HEADER_FIELDS + 8 || found[..8] != FILE_MAGIC {
+        return Err("not a Cache::FastMmap (Rust core) file: bad magic".into());
+    }
+    let u32_at = |off: usize| u32::from_ne_bytes(found[off..off + 4].try_into().unwrap());
+    let sum = xxhash_rust::xxh3::xxh3_64(&found[..HEADER_FIELDS]);
+    if found[HEADER_FIELDS..HEADER_FIELDS + 8] != sum.to_ne_bytes() {
+        return Err("damaged header: its checksum does not match".into());
+    }
+    if u32_at(64) != ENDIAN_MARK {
+        return Err("made on a machine of the other byte order".into());
+    }
+    let version = u32_at(8);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this build reads version {FORMAT_VERSION} \
+             (the next Cache::FastMmap to open it replaces it)"
+        ));
+    }
+    let geometry = Geometry {
+        page_size: u32_at(16),
+        num_pages: u32_at(20),
+        start_slots: u32_at(24),
+    };
+    let layout = Layout::new(geometry).map_err(|e| format!("bad geometry: {}", e.message()))?;
+    if found[..HEADER_FIELDS + 8] != layout.header_bytes()[..] {
+        return Err(
+            "header fields (lock kind, mutex size or offsets) differ from this build's".into(),
+        );
+    }
+    if file_len != layout.file_size {
+        return Err(format!(
+            "file is {file_len} bytes, its header says {}",
+            layout.file_size
+        ));
+    }
+    Ok(layout)
+}
+
 /// An open, mapped share file.
 pub struct MappedFile {
     pub layout: Layout,
@@ -162,6 +207,11 @@ impl MappedFile {
         debug_assert!(n < self.layout.geometry.num_pages);
         let off = self.layout.pages_off + u64::from(n) * u64::from(self.layout.geometry.page_size);
         self.map.as_mut_ptr().wrapping_add(off as usize)
+    }
+
+    /// Pointer to the start of the mapping (the header). Valid while `self` lives.
+    pub fn base_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
     }
 
     /// Pointer to page `n`'s lock table entry. Valid while `self` lives; `n < num_pages`.

@@ -6,13 +6,14 @@
 //! with `MADV_WIPEONFORK` reads as zero in every child: a cheap memory read instead of a
 //! `getpid` system call per change (used as the fallback where the kernel lacks it).
 
+use std::cell::Cell;
 use std::ptr::{null_mut, read_volatile, write_volatile};
 
 pub struct ForkToken {
     /// A private anonymous page (wiped in children), or null when unavailable.
     page: *mut u32,
     /// Fallback: the pid that armed the token.
-    pid: u32,
+    pid: Cell<u32>,
 }
 
 fn getpid() -> u32 {
@@ -41,13 +42,16 @@ impl ForkToken {
                 p as *mut u32
             }
         };
-        ForkToken { page, pid: 0 }
+        ForkToken {
+            page,
+            pid: Cell::new(0),
+        }
     }
 
     /// Marks the current process as the one holding whatever is locked next.
-    pub fn arm(&mut self) {
+    pub fn arm(&self) {
         if self.page.is_null() {
-            self.pid = getpid();
+            self.pid.set(getpid());
         } else {
             // SAFETY: page is our live private mapping.
             unsafe { write_volatile(self.page, 1) };
@@ -57,7 +61,7 @@ impl ForkToken {
     /// Is this still the process that last called `arm`?
     pub fn same_process(&self) -> bool {
         if self.page.is_null() {
-            self.pid == getpid()
+            self.pid.get() == getpid()
         } else {
             // SAFETY: page is our live private mapping (zeroed in a forked child).
             unsafe { read_volatile(self.page) != 0 }
@@ -86,7 +90,7 @@ mod tests {
 
     #[test]
     fn a_forked_child_is_told_apart() {
-        let mut t = ForkToken::new();
+        let t = ForkToken::new();
         t.arm();
         assert!(t.same_process());
         // SAFETY: fork in a test; the child only evaluates and _exits.

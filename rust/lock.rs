@@ -203,6 +203,27 @@ unsafe fn well_formed(entry: *mut u8) -> bool {
         .all(|&(off, b)| std::ptr::read_volatile(entry.add(off)) == b)
 }
 
+/// What an inspection tool sees in a lock table entry, read without taking the lock:
+/// `(well_formed, word, owner_record)` (the futex word, and the holder's opener slot + 1,
+/// 0 when none is recorded).
+///
+/// # Safety
+/// `entry` points at a lock table entry in a live (possibly read-only) mapping.
+pub unsafe fn entry_state(entry: *const u8) -> (bool, u32, u32) {
+    let e = entry as *mut u8; // only read through
+    (
+        well_formed(e),
+        word(e).load(Ordering::Relaxed),
+        owner(e).load(Ordering::Relaxed),
+    )
+}
+
+/// Is the opener that recorded `rec` (slot + 1) still there, seen through `fd` (any open
+/// descriptor of the file, which holds no slot of its own)?
+pub fn recorded_owner_alive(rec: u32, fd: RawFd) -> bool {
+    rec != 0 && rec <= MAX_SLOTS && platform::ofd_locked_elsewhere(fd, slot_offset(rec - 1))
+}
+
 /// Rewrites everything of the mutex but its word from the template.
 ///
 /// # Safety

@@ -1662,3 +1662,216 @@ _xs_noop(...)
     PERL_UNUSED_VAR(items);
     XSRETURN_EMPTY;
 
+
+
+# ---------------------------------------------------------------------------
+# STATISTICS AND INSPECTION
+#
+# $cache->stats (fc_stats), and Cache::FastMmap::Inspect, the read-only view
+# of a share file used by the fastmmap command.  An inspection handle lives
+# in ext magic like a cache handle (Perl code can neither forge nor copy it)
+# and is never cloned into a new thread (CLONE_SKIP).  No Perl code runs
+# while the engine works here, and nothing here takes a page lock.
+# ---------------------------------------------------------------------------
+
+#include "fcx_inspect.h"
+
+MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap
+
+PROTOTYPES: DISABLE
+
+SV *
+fc_stats(obj)
+    SV *obj
+  PREINIT:
+    FcStats s;
+    FcCache *h;
+    HV *hv;
+  CODE:
+    h = fcx_handle(aTHX_ obj);
+    Zero(&s, 1, FcStats);
+    FCX_CHECK(h, fc_stats(h, &s));
+    hv = newHV();
+    RETVAL = newRV_noinc((SV *)hv);
+    (void)hv_stores(hv, "entries", newSVuv((UV)s.entries));
+    (void)hv_stores(hv, "capacity_bytes", newSVuv((UV)s.capacity_bytes));
+    (void)hv_stores(hv, "used_bytes", newSVuv((UV)s.used_bytes));
+    (void)hv_stores(hv, "evictions", newSVuv((UV)s.evictions));
+    (void)hv_stores(hv, "expirations", newSVuv((UV)s.expirations));
+    (void)hv_stores(hv, "repairs", newSVuv((UV)s.repairs));
+    (void)hv_stores(hv, "reads", newSVuv((UV)s.reads));
+    (void)hv_stores(hv, "hits", newSVuv((UV)s.hits));
+    (void)hv_stores(hv, "num_pages", newSVuv((UV)s.num_pages));
+    (void)hv_stores(hv, "page_size", newSVuv((UV)s.page_size));
+    fcx_warnings(aTHX_ h);
+  OUTPUT:
+    RETVAL
+
+
+MODULE = Cache::FastMmap        PACKAGE = Cache::FastMmap::Inspect
+
+PROTOTYPES: DISABLE
+
+SV *
+open(klass, path, writable = 0)
+    const char *klass
+    SV *path
+    int writable
+  PREINIT:
+    STRLEN plen;
+    const char *p;
+    FcInspect *ih;
+    const char *err;
+    SV *inner;
+  CODE:
+    p = SvPV(path, plen);
+    ih = fc_inspect_open((const uint8_t *)p, plen, writable);
+    if (!ih)
+        croak("%s", "Cache::FastMmap::Inspect: out of memory");
+    err = fc_inspect_open_error(ih);
+    if (err) {
+        SV *msg = sv_2mortal(newSVpv(err, 0));
+        fc_inspect_close(ih);
+        croak("%" SVf "\n", SVfARG(msg));
+    }
+    inner = newSViv(1);
+    (void)sv_magicext(inner, NULL, PERL_MAGIC_ext, &fcx_insp_vtbl, (const char *)ih, 0);
+    RETVAL = sv_bless(newRV_noinc(inner), gv_stashpv(klass, GV_ADD));
+  OUTPUT:
+    RETVAL
+
+SV *
+header(self)
+    SV *self
+  PREINIT:
+    FcInspect *ih;
+    FcFileInfo f;
+    HV *hv;
+  CODE:
+    ih = fcx_insp(aTHX_ self);
+    Zero(&f, 1, FcFileInfo);
+    if (fc_inspect_header(ih, &f) != 0)
+        XSRETURN_UNDEF;
+    hv = newHV();
+    RETVAL = newRV_noinc((SV *)hv);
+    (void)hv_stores(hv, "format_version", newSVuv((UV)f.format_version));
+    (void)hv_stores(hv, "page_size", newSVuv((UV)f.page_size));
+    (void)hv_stores(hv, "num_pages", newSVuv((UV)f.num_pages));
+    (void)hv_stores(hv, "start_slots", newSVuv((UV)f.start_slots));
+    (void)hv_stores(hv, "file_size", newSVuv((UV)f.file_size));
+    (void)hv_stores(hv, "lock_table_offset", newSVuv((UV)f.lock_table_off));
+    (void)hv_stores(hv, "pages_offset", newSVuv((UV)f.pages_off));
+    (void)hv_stores(hv, "in_use", newSVuv((UV)f.in_use));
+    (void)hv_stores(hv, "reads", newSVuv((UV)f.reads));
+    (void)hv_stores(hv, "hits", newSVuv((UV)f.hits));
+    (void)hv_stores(hv, "evictions", newSVuv((UV)f.evictions));
+    (void)hv_stores(hv, "expirations", newSVuv((UV)f.expirations));
+    (void)hv_stores(hv, "repairs", newSVuv((UV)f.repairs));
+  OUTPUT:
+    RETVAL
+
+SV *
+message(self)
+    SV *self
+  CODE:
+    RETVAL = newSVpv(fc_inspect_message(fcx_insp(aTHX_ self)), 0);
+  OUTPUT:
+    RETVAL
+
+SV *
+page(self, n, with_items = 0)
+    SV *self
+    UV n
+    int with_items
+  PREINIT:
+    FcInspect *ih;
+    FcPageInfo pi;
+    HV *hv;
+    U32 i;
+  CODE:
+    ih = fcx_insp(aTHX_ self);
+    Zero(&pi, 1, FcPageInfo);
+    if (n > 0xFFFFFFFFUL || fc_inspect_page(ih, (uint32_t)n, with_items, &pi) != 0) {
+        SV *msg = sv_2mortal(n > 0xFFFFFFFFUL ? newSVpvs("no such page")
+                                              : newSVpv(fc_inspect_message(ih), 0));
+        croak("%" SVf "\n", SVfARG(msg));
+    }
+    hv = newHV();
+    RETVAL = newRV_noinc((SV *)hv);
+    (void)hv_stores(hv, "state", newSVpv(pi.state == 0 ? "sound" : pi.state == 1 ? "damaged"
+                                         : pi.state == 2 ? "busy" : "unfinished", 0));
+    (void)hv_stores(hv, "lock", newSVpv(pi.lock == 0 ? "free" : pi.lock == 1 ? "held"
+                                        : pi.lock == 2 ? "held by a dead process" : "malformed", 0));
+    (void)hv_stores(hv, "problems", newSVpv(fc_inspect_message(ih), 0));
+    (void)hv_stores(hv, "num_slots", newSVuv((UV)pi.num_slots));
+    (void)hv_stores(hv, "free_slots", newSVuv((UV)pi.free_slots));
+    (void)hv_stores(hv, "deleted_slots", newSVuv((UV)pi.old_slots));
+    (void)hv_stores(hv, "free_bytes", newSVuv((UV)pi.free_bytes));
+    (void)hv_stores(hv, "entries", newSVuv((UV)pi.entries));
+    (void)hv_stores(hv, "expired", newSVuv((UV)pi.expired));
+    (void)hv_stores(hv, "tombstones", newSVuv((UV)pi.tombstones));
+    (void)hv_stores(hv, "dirty", newSVuv((UV)pi.dirty));
+    (void)hv_stores(hv, "nreads", newSVuv((UV)pi.nreads));
+    (void)hv_stores(hv, "nreadhits", newSVuv((UV)pi.nhits));
+    (void)hv_stores(hv, "oldest_access", newSVuv((UV)pi.oldest));
+    (void)hv_stores(hv, "newest_access", newSVuv((UV)pi.newest));
+    if (with_items) {
+        AV *av = newAV();
+        (void)hv_stores(hv, "items", newRV_noinc((SV *)av));
+        for (i = 0; i < pi.nitems; i++) {
+            FcItem it;
+            HV *ihv;
+            if (fc_inspect_item(ih, i, &it) != 0)
+                break;
+            ihv = newHV();
+            (void)hv_stores(ihv, "key",
+                fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0));
+            (void)hv_stores(ihv, "value_bytes", newSVuv((UV)it.val_len));
+            (void)hv_stores(ihv, "last_access", newSVuv((UV)it.last_access));
+            (void)hv_stores(ihv, "expire_on", newSVuv((UV)it.expire_on));
+            (void)hv_stores(ihv, "flags", newSVuv((UV)it.flags));
+            if (it.has_modseq)
+                (void)hv_stores(ihv, "modseq", newSVuv((UV)it.modseq));
+            av_push(av, newRV_noinc((SV *)ihv));
+        }
+    }
+  OUTPUT:
+    RETVAL
+
+void
+repair(self)
+    SV *self
+  PREINIT:
+    FcInspect *ih;
+    int64_t n;
+  PPCODE:
+    ih = fcx_insp(aTHX_ self);
+    n = fc_inspect_repair(ih);
+    if (n < 0) {
+        SV *msg = sv_2mortal(newSVpv(fc_inspect_message(ih), 0));
+        croak("%" SVf "\n", SVfARG(msg));
+    }
+    EXTEND(SP, 2);
+    mPUSHi((IV)n);
+    mPUSHs(newSVpv(fc_inspect_message(ih), 0));
+
+void
+close(self)
+    SV *self
+  PREINIT:
+    MAGIC *mg;
+  CODE:
+    mg = SvROK(self) ? mg_findext(SvRV(self), PERL_MAGIC_ext, &fcx_insp_vtbl) : NULL;
+    if (mg && mg->mg_ptr) {
+        FcInspect *ih = (FcInspect *)mg->mg_ptr;
+        mg->mg_ptr = NULL;
+        fc_inspect_close(ih);
+    }
+
+int
+CLONE_SKIP(...)
+  CODE:
+    PERL_UNUSED_VAR(items);
+    RETVAL = 1;
+  OUTPUT:
+    RETVAL

@@ -42,6 +42,11 @@
 typedef struct FcCache FcCache;
 
 /**
+ * An opaque inspection handle on a share file (see `inspect.rs`).
+ */
+typedef struct FcInspect FcInspect;
+
+/**
  * What `fc_read` found.
  */
 typedef struct FcReadResult {
@@ -96,6 +101,102 @@ typedef struct FcItem {
   uint32_t has_modseq;
   uint64_t modseq;
 } FcItem;
+
+/**
+ * What `fc_stats` reports (see `stats.rs`): counters cumulative since the file was created,
+ * shared by every process using it.
+ */
+typedef struct FcStats {
+  /**
+   * Occupied slots: live entries plus expired entries and tombstones not yet expunged.
+   */
+  uint64_t entries;
+  /**
+   * num_pages * page_size.
+   */
+  uint64_t capacity_bytes;
+  /**
+   * capacity_bytes minus the pages' free bytes.
+   */
+  uint64_t used_bytes;
+  /**
+   * Live entries evicted to make room (LRU).
+   */
+  uint64_t evictions;
+  /**
+   * Expired entries removed.
+   */
+  uint64_t expirations;
+  /**
+   * Pages found damaged and repaired.
+   */
+  uint64_t repairs;
+  /**
+   * Reads, and those that found a live entry (batched per handle, see `stats.rs`).
+   */
+  uint64_t reads;
+  uint64_t hits;
+  uint32_t num_pages;
+  uint32_t page_size;
+} FcStats;
+
+/**
+ * What a file's header says, with its counters.
+ */
+typedef struct FcFileInfo {
+  uint32_t format_version;
+  uint32_t page_size;
+  uint32_t num_pages;
+  uint32_t start_slots;
+  uint64_t file_size;
+  uint64_t lock_table_off;
+  uint64_t pages_off;
+  /**
+   * 1 when another process has the file open.
+   */
+  uint32_t in_use;
+  uint64_t reads;
+  uint64_t hits;
+  uint64_t evictions;
+  uint64_t expirations;
+  uint64_t repairs;
+} FcFileInfo;
+
+/**
+ * What `fc_inspect_page` found.
+ */
+typedef struct FcPageInfo {
+  /**
+   * 0 sound, 1 damaged, 2 busy (not checked), 3 a change left unfinished.
+   */
+  uint32_t state;
+  /**
+   * 0 free, 1 held by a live process, 2 held by one that is gone, 3 malformed.
+   */
+  uint32_t lock;
+  uint32_t num_slots;
+  uint32_t free_slots;
+  uint32_t old_slots;
+  uint32_t free_bytes;
+  /**
+   * Live entries, expired ones, tombstones, dirty (write-back) ones.
+   */
+  uint32_t entries;
+  uint32_t expired;
+  uint32_t tombstones;
+  uint32_t dirty;
+  uint32_t nreads;
+  uint32_t nhits;
+  /**
+   * Oldest and newest last-access time (0 when the page is empty).
+   */
+  uint32_t oldest;
+  uint32_t newest;
+  /**
+   * Entries listed (with `with_items`), readable with `fc_inspect_item`.
+   */
+  uint32_t nitems;
+} FcPageInfo;
 
 #ifdef __cplusplus
 extern "C" {
@@ -356,6 +457,88 @@ uint64_t fc_repaired_pages(const struct FcCache *c);
  * `c` is NULL or a live handle from `fc_new`.
  */
 const char *fc_take_warning(struct FcCache *c);
+
+/**
+ * Fills `*out` with the cache's statistics (no page lock needed, none left held).
+ *
+ * # Safety
+ * `c` is NULL or a live handle from `fc_new`; `out` is NULL or writable.
+ */
+int fc_stats(struct FcCache *c, struct FcStats *out);
+
+/**
+ * Opens `path` for inspection (read-only), or with `writable` for `fc_inspect_repair`.
+ * Always returns a handle (NULL only if memory ran out): `fc_inspect_open_error` says
+ * whether the file could be opened.
+ *
+ * # Safety
+ * `path` points at `path_len` readable bytes.
+ */
+struct FcInspect *fc_inspect_open(const uint8_t *path, size_t path_len, int writable);
+
+/**
+ * Why the file could not be opened, or NULL when it was.
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`.
+ */
+const char *fc_inspect_open_error(const struct FcInspect *h);
+
+/**
+ * The message of the last call that returned -1 (or a repair's report).
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`.
+ */
+const char *fc_inspect_message(const struct FcInspect *h);
+
+/**
+ * Fills `*out` from the header: 0, or -1 when the header cannot be used (why: in
+ * `fc_inspect_message`).
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+ */
+int fc_inspect_header(struct FcInspect *h, struct FcFileInfo *out);
+
+/**
+ * Checks page `page` (read-only) and fills `*out`; with `with_items` its entries are
+ * kept for `fc_inspect_item`. The page's problems, joined by "; ", are in
+ * `fc_inspect_message` (empty when sound). Returns -1 on a bad page number or an
+ * unusable header.
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+ */
+int fc_inspect_page(struct FcInspect *h, uint32_t page, int with_items, struct FcPageInfo *out);
+
+/**
+ * Entry `index` of the last `fc_inspect_page` with `with_items`: the key (owned by the
+ * handle, valid until the next `fc_inspect_page`), the value's length (`val` is NULL),
+ * times, flags, modseq. Returns -1 when there is no such entry.
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`; `out` is NULL or writable.
+ */
+int fc_inspect_item(const struct FcInspect *h, uint32_t index, struct FcItem *out);
+
+/**
+ * Repairs the file offline (opened with `writable`; refused while other processes have
+ * it open). Returns how many pages it changed, with one line per page in
+ * `fc_inspect_message`, or -1 with the reason there.
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`.
+ */
+int64_t fc_inspect_repair(struct FcInspect *h);
+
+/**
+ * Closes and frees an inspection handle. NULL is ignored.
+ *
+ * # Safety
+ * `h` is NULL or a live handle from `fc_inspect_open`, closed only once.
+ */
+void fc_inspect_close(struct FcInspect *h);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -764,6 +764,22 @@ sub repaired_pages {
 }
 
 #----------------------------------------------------------------------------
+# Operability: cumulative statistics kept in the file (stats)
+#----------------------------------------------------------------------------
+
+# One hashref from the engine: a few words of every page header read without
+# locking, and the counters every process adds to in the file header.  Safe
+# anywhere, even inside get_and_set's callback (no page lock is taken there).
+sub stats {
+  my $Self = shift;
+  Carp::croak('stats takes no arguments') if @_;
+  my $Cache = $Self->{Cache};
+  Carp::croak('Cache::FastMmap: the cache is closed')
+    unless ref($Cache) && fc_is_open($Cache);
+  return fc_stats($Cache);
+}
+
+#----------------------------------------------------------------------------
 # Multi-key operations within one page
 #----------------------------------------------------------------------------
 
@@ -1487,6 +1503,50 @@ C<get_and_remove>) and how many found a live entry.  They are only counted
 when the cache was created with C<enable_stats>.  With a true C<$clear> the
 counters are reset after being read.
 
+=head2 stats()
+
+Returns a hash reference describing the whole cache, as every process using
+the share file sees it:
+
+  entries          occupied slots: live entries, plus expired entries and
+                   tombstones that no expunge has removed yet
+  capacity_bytes   num_pages * page_size
+  used_bytes       capacity_bytes minus the free bytes of every page (page
+                   headers, slot tables and the room of overwritten or
+                   deleted entries not yet reclaimed count as used)
+  evictions        live entries evicted (least recently used first) to make
+                   room for new ones
+  expirations      expired entries removed (by an expunge, purge or empty)
+  repairs          pages found damaged and repaired
+  reads            lookups (get, exists, get_and_set, multi_get, ...)
+  hits             lookups that found a live entry
+  num_pages, page_size   the file's geometry
+
+C<evictions>, C<expirations>, C<repairs>, C<reads> and C<hits> are
+cumulative since the file was created (C<init_file>, or a change of
+geometry, starts them again at 0), shared by every process, and kept in the
+file's header (format version 2), so C<fastmmap stats FILE> shows the same
+numbers from outside.  Entries removed by C<clear> or C<remove> are neither
+evictions nor expirations.
+
+They are always counted, whatever C<enable_stats> says, and cost nothing a
+benchmark can see: evictions and expirations are added once per expunge
+(which rewrites a page anyway) with one relaxed atomic addition; reads and
+hits are counted in each object's own memory and added to the file in
+batches of 64, when C<stats> is called, and when the object is closed.  So
+another process's view of C<reads> and C<hits> can be short by fewer than
+64 per open cache object; the unflushed counts of a process killed with
+SIGKILL are lost, and a forked child never adds the counts it inherited.  A
+miss on a cache with a C<read_cb> is looked up twice (without the lock, then
+under it before C<read_cb> runs) and counts as two reads.
+
+C<entries> and C<used_bytes> are read from every page's header without
+taking any lock (each page's change counter tells a consistent read from
+one overlapping a change), so C<stats> is cheap enough to call often
+(microseconds for the default 89 pages) and works inside a callback.
+C<get_statistics> is unchanged: it reports the per-page counters that only
+C<enable_stats> turns on.
+
 =head2 multi_get($page_key, \@keys)
 
 Fetches several keys that were stored together with C<multi_set> under the
@@ -1821,6 +1881,57 @@ new.
 
 =back
 
+=head1 WHEN ONE MACHINE IS NOT ENOUGH
+
+A share file is shared by the processes of one host.  When an application
+runs on several hosts, put a distributed cache (memcached, Redis, ...)
+behind this one and use this cache as each host's first level: L<CHI>'s
+C<l1_cache> does exactly that.
+
+  my $cache = CHI->new(
+      driver     => 'Memcached',
+      servers    => [ '10.0.0.5:11211' ],
+      namespace  => 'app',
+      expires_in => '10 min',
+      l1_cache   => { driver => 'FastMmap', root_dir => '/var/cache/app',
+                      cache_size => '64m' },
+  );
+
+What to expect (F<xt/tier.t> checks the points on reads, writes, staleness
+and stats: it starts a real memcached on 127.0.0.1 and stands two groups of
+processes in for two hosts):
+
+=over 4
+
+=item *
+
+A C<set> writes to memcached and to the writing host's file.  A C<get>
+looks in the host's file first: a hit there never asks memcached, whichever
+process of the host wrote the entry.  A miss asks memcached and copies what
+it finds into the host's file.
+
+=item *
+
+Nothing tells the other hosts about a write.  After host A sets a new
+value, host B keeps serving the copy in its own file until that copy
+expires.  CHI gives an L1 copy the expiry time of the entry it copied, so
+B<an entry can be stale for as long as its C<expires_in>> (counted from the
+write B copied).  Choose C<expires_in> as the staleness you can accept; for
+values that must never be stale, read them from the shared tier directly
+(a second CHI object without C<l1_cache>), or remove them on every host.
+
+=item *
+
+C<remove>, C<clear> and C<expire> through CHI act on memcached and on this
+host's file only, for the same reason.
+
+=item *
+
+Each host's file keeps its own L</stats()>: its C<hits> are the reads that
+memcached never saw.
+
+=back
+
 =head1 EXAMPLES
 
 The distribution's F<eg/> directory has short, working programs:
@@ -1851,6 +1962,7 @@ The tests in F<xt/> run each of them for real.
 
 =head1 SEE ALSO
 
+L<fastmmap>, the command that inspects, verifies and repairs share files;
 L<CHI>, which can use this module as a driver; L<Cache::Cache>;
 L<Storable>, L<Sereal>, L<JSON>, L<Compress::Zlib>.
 
