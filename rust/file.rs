@@ -452,29 +452,7 @@ fn open_existing(path: &Path) -> io::Result<File> {
 
 /// Sets an OFD lock on byte 0 (the liveness range). Returns false when it would block.
 fn set_ofd_lock(file: &File, kind: i16, wait: bool) -> io::Result<bool> {
-    // SAFETY: flock is plain data; all-zero is a valid starting value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = 0;
-    fl.l_len = 1;
-    let cmd = if wait {
-        libc::F_OFD_SETLKW
-    } else {
-        libc::F_OFD_SETLK
-    };
-    loop {
-        // SAFETY: fd is open; fl is a valid flock.
-        if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
-            _ => return Err(e),
-        }
-    }
+    platform::ofd_lock(file.as_raw_fd(), 0, kind, wait)
 }
 
 /// Takes a free opener slot: an exclusive OFD lock on one byte of the slot range, kept while
