@@ -256,6 +256,33 @@ impl Cache {
         Ok(c)
     }
 
+    /// The share file shrank under our mapping (truncated, or a sparse file on a full disk:
+    /// see `platform::sigbus`), which now shows zero pages: open the file again by name,
+    /// which rebuilds it if it is no longer a usable cache. Only between lock sessions.
+    fn reopen_if_lost(&mut self) -> Result<()> {
+        if self.locked.is_some() || !self.file.as_ref().is_some_and(MappedFile::lost) {
+            return Ok(());
+        }
+        let path = self.file.as_ref().map(|f| f.path.clone());
+        let layout = self.file.as_ref().map(|f| f.layout);
+        // Close ours first: the file must not look "open elsewhere" to its own rebuild.
+        self.file = None;
+        let (Some(path), Some(layout)) = (path, layout) else {
+            return Ok(());
+        };
+        self.file = Some(MappedFile::open(
+            &path,
+            layout,
+            false,
+            self.params.permissions,
+        )?);
+        self.warnings.push(format!(
+            "share file {} shrank while mapped (truncated or out of disk space); it was opened again",
+            path.display()
+        ));
+        Ok(())
+    }
+
     fn file(&self) -> Result<&MappedFile> {
         self.file
             .as_ref()
@@ -281,6 +308,7 @@ impl Cache {
     /// Takes page `page`'s lock. Only one page per handle.
     pub fn lock(&mut self, page: u32) -> Result<()> {
         self.forget_inherited_lock();
+        self.reopen_if_lost()?;
         if let Some(p) = self.locked {
             return Err(Error::new(format!(
                 "page {p} is already locked, can't lock multiple pages"
@@ -472,7 +500,7 @@ impl Cache {
     pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(ReadOut, u32)> {
         let file = self.file.as_ref()?;
         let g = file.layout.geometry;
-        if self.params.enable_stats || self.locked.is_some() || page >= g.num_pages {
+        if self.params.enable_stats || self.locked.is_some() || page >= g.num_pages || file.lost() {
             return None;
         }
         let base = file.page_ptr(page);
@@ -523,6 +551,9 @@ impl Cache {
             return false;
         }
         fence(Ordering::Acquire);
+        if file.lost() {
+            return false; // what was read may be zero pages standing in for the file
+        }
         // SAFETY: the entry lies in the live mapping owned by `file`.
         let same =
             unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket };

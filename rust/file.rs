@@ -186,17 +186,60 @@ pub fn parse_header(found: &[u8], file_len: u64) -> std::result::Result<Layout, 
     Ok(layout)
 }
 
+/// A share-file mapping under the SIGBUS safety net (see `platform::sigbus`): if the file
+/// shrinks under it, the range reads as zeros instead of killing the process, and `lost`
+/// says so.
+pub struct GuardedMap {
+    map: MmapRaw,
+    slot: Option<usize>,
+}
+
+impl GuardedMap {
+    fn new(map: MmapRaw) -> GuardedMap {
+        let slot = platform::sigbus::register(map.as_mut_ptr(), map.len());
+        GuardedMap { map, slot }
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// The file under this mapping shrank (a SIGBUS was absorbed): what it shows now is
+    /// zero pages, not the file.
+    pub fn lost(&self) -> bool {
+        self.slot.is_some_and(platform::sigbus::lost)
+    }
+}
+
+impl Drop for GuardedMap {
+    fn drop(&mut self) {
+        // Unregistered before `map` is unmapped (fields drop after this).
+        if let Some(slot) = self.slot {
+            platform::sigbus::unregister(slot);
+        }
+    }
+}
+
 /// An open, mapped share file.
 pub struct MappedFile {
     pub layout: Layout,
     pub path: PathBuf,
     file: File,
-    map: MmapRaw,
+    map: GuardedMap,
     ino: u64,
     locker: lock::Locker,
 }
 
 impl MappedFile {
+    /// The file shrank under the mapping (see [`GuardedMap`]): re-open it.
+    pub fn lost(&self) -> bool {
+        self.map.lost()
+    }
+
     /// Who this opener is, for the page locks.
     pub fn locker(&self) -> &lock::Locker {
         &self.locker
@@ -486,10 +529,11 @@ fn liveness_lock(file: &File, shown: &str) -> Result<bool> {
     Ok(false)
 }
 
-fn map_file(file: &File, layout: &Layout, shown: &str) -> Result<MmapRaw> {
+fn map_file(file: &File, layout: &Layout, shown: &str) -> Result<GuardedMap> {
     MmapOptions::new()
         .len(layout.file_size as usize)
         .map_raw(file)
+        .map(GuardedMap::new)
         .map_err(|e| Error::os(format!("Mmap of shared file {shown} failed"), &e))
 }
 

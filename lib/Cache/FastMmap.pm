@@ -1773,6 +1773,15 @@ where Perl code cannot copy or forge it.
 
 =back
 
+A share file that shrinks while it is mapped (truncated by someone, or a
+sparse file on a full filesystem) does not kill the process with SIGBUS: the
+module's SIGBUS handler maps zero pages over that mapping, the call in
+progress sees an empty cache, and the object warns and opens the file again
+(rebuilding it) at its next call.  A SIGBUS about anything else is passed to
+the handler that was installed before the first cache was created, or gets
+the default action.  Setting C<$SIG{BUS}> after creating a cache replaces
+this handler.
+
 What is not covered: a process killed while it holds a lock, which the
 robust locks handle (the next locker repairs the page, see
 L</"DIFFERENCES FROM THE C IMPLEMENTATION">), and a callback that never

@@ -14,3 +14,6 @@ pub use linux::*;
 mod fallback;
 #[cfg(not(target_os = "linux"))]
 pub use fallback::*;
+
+/// The SIGBUS safety net for share-file mappings (POSIX: sigaction and mmap).
+pub mod sigbus;
