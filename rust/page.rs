@@ -569,6 +569,18 @@ impl<'a> Page<'a> {
         Ok(v)
     }
 
+    /// Every item, most recently stored first. Items are appended as they are stored and
+    /// [`Page::rebuild`] keeps their relative order, so this is the order of the last store of
+    /// each key, newest first; neither the hash nor the clock has a say in it. `get_keys` lists
+    /// a page this way (upstream lists slot order, which with its additive hash often puts a
+    /// run of recently stored, similarly named keys first; CHI's `arbitrary` discard policy and
+    /// its test suite depend on that; see `collect_keys` in cache.rs).
+    pub fn items_newest_first(&self) -> PageResult<Vec<Item>> {
+        let mut v = self.items()?;
+        v.sort_unstable_by_key(|it| std::cmp::Reverse(it.off));
+        Ok(v)
+    }
+
     /// Decides an expunge (upstream's thresholds, exactly). `len >= 0` is the size of an
     /// item about to be written: if there is room for it and enough never-used slots, nothing
     /// is done (`None`). Mode 0 drops expired entries, 1 everything, 2 also evicts the least
@@ -627,14 +639,18 @@ impl<'a> Page<'a> {
     /// Rewrites the page with `num_slots` slots holding exactly `items` (which must be items
     /// of this page, already validated), compacting the item area. Items that do not fit (only
     /// possible when repairing a corrupt page) are dropped; returns how many were placed.
+    /// The item area keeps the items' storage order (whatever order `items` is in), so that
+    /// [`Page::items_newest_first`] survives expunges.
     fn rebuild(&mut self, num_slots: u32, items: &[Item]) -> usize {
+        let mut items = items.to_vec();
+        items.sort_unstable_by_key(|it| it.off);
         let ps = self.page_size() as usize;
         let start = data_start(num_slots) as usize;
         let n = num_slots as usize;
         let mut slots = vec![SLOT_EMPTY; n];
         let mut data: Vec<u8> = Vec::with_capacity(ps - start);
         let mut placed = 0;
-        for it in items {
+        for it in &items {
             let l = it.size();
             let raw = ITEM_HEADER + it.key_len + it.raw_val_len;
             if start + data.len() + l > ps || placed >= n {
@@ -1094,6 +1110,73 @@ mod tests {
             }
             let _ = unsafe { peek(g.as_ptr(), size, sh(b"a"), b"a", 7) };
         }
+    }
+
+    /// get_keys order (issue 16): newest store first, and neither reads (last_access), slot
+    /// positions nor expunges (which regrow and refill the slot table) change it.
+    #[test]
+    fn items_come_newest_stored_first_across_expunges() {
+        let keys = |p: &Page| -> Vec<String> {
+            p.items_newest_first()
+                .unwrap()
+                .iter()
+                .map(|it| String::from_utf8(p.key(it).to_vec()).unwrap())
+                .collect()
+        };
+        let mut b = page(8192, 89);
+        let mut p = Page::new(&mut b);
+        let val = "v".repeat(50);
+        for i in 0..40 {
+            put(&mut p, &format!("key{i}"), &val, 1000);
+        }
+        let want: Vec<String> = (0..40).rev().map(|i| format!("key{i}")).collect();
+        assert_eq!(keys(&p), want, "newest first, not slot order");
+        // Reads touch last_access only; an overwrite and a remove move or drop the key.
+        assert!(get(&mut p, "key0", 1001).is_some());
+        put(&mut p, "key5", "new", 1001);
+        p.delete(sh(b"key7"), b"key7").unwrap().unwrap();
+        let mut want: Vec<String> = (0..40)
+            .rev()
+            .filter(|i| *i != 5 && *i != 7)
+            .map(|i| format!("key{i}"))
+            .collect();
+        want.insert(0, "key5".into());
+        assert_eq!(keys(&p), want);
+        // Mode 0 (purge) regrows the slot table, which moves every key to a new slot.
+        let plan = p.plan_expunge(EXPUNGE_EXPIRED, -1, 1002).unwrap().unwrap();
+        p.apply_expunge(&plan);
+        assert_eq!(p.num_slots(), 179);
+        assert_eq!(keys(&p), want);
+        // Mode 2 sorts by last_access to evict; the survivors keep their storage order, even
+        // the two old entries that reads keep recently used.
+        for i in 40..120 {
+            assert!(get(&mut p, "key0", 1003 + i).is_some());
+            assert!(get(&mut p, "key3", 1003 + i).is_some());
+            let key = format!("key{i}");
+            let len = (key.len() + val.len()) as i64;
+            if let Some(plan) = p.plan_expunge(EXPUNGE_LRU, len, 1003 + i).unwrap() {
+                assert!(!plan.evict.is_empty());
+                p.apply_expunge(&plan);
+            }
+            assert_eq!(put(&mut p, &key, &val, 1003 + i), Stored::Yes);
+        }
+        let got = keys(&p);
+        assert!(got.len() < 80, "{got:?}");
+        assert_eq!(
+            got[got.len() - 2..],
+            ["key3".to_string(), "key0".to_string()]
+        );
+        // Storage order: key0..key39 (less key5 and key7), key5 again, then key40 on.
+        let order = |k: &String| -> u32 {
+            match k.as_str() {
+                "key5" => 2 * 39 + 1,
+                _ => 2 * k[3..].parse::<u32>().unwrap(),
+            }
+        };
+        let mut want = got.clone();
+        want.sort_by_key(|k| std::cmp::Reverse(order(k)));
+        assert_eq!(got, want, "survivors of LRU expunges in storage order");
+        assert!(p.validate(&hash_ok).is_ok());
     }
 
     #[test]
