@@ -1469,7 +1469,11 @@ before the program exits if you use write-back without C<empty_on_exit>.
 Lists the live entries of the cache.  Expired entries and tombstones are
 left out, and listing does not count as a use of the entries.  The pages are
 visited one at a time, so with concurrent writers the result is not an
-atomic snapshot.
+atomic snapshot.  Within a page, entries are listed most recently stored
+first (the C implementation lists them in hash-slot order), so the order is
+the same from run to run and does not depend on the hash; callers such as
+L<CHI>'s size-aware discard, which removes keys in this order, then drop the
+newest entries first, as they did with the C implementation in practice.
 
 =over 4
 
