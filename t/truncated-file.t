@@ -77,6 +77,42 @@ for my $size (0, 4096, int($FILE_SIZE / 2)) {
     is($c->get('k7'), 'n7', 'the writer carries on in the rebuilt file');
 }
 
+# A sparse cache file on a full filesystem: writing into a page whose
+# blocks were never allocated faults (the filesystem has no room), and the
+# process survives.  A small tmpfs is mounted for it; the holes are punched
+# with fallocate(1), since new files are always fully allocated.
+SKIP: {
+    # machine: mounting a tmpfs needs root and a kernel that allows it here
+    skip 'mounting needs root', 2 unless $> == 0 && $^O eq 'linux';
+    my ($fallocate) = grep { -x } map { "$_/fallocate" } split /:/, $ENV{PATH} // '';
+    skip 'no fallocate(1) to punch holes', 2 unless $fallocate;
+    my $mnt = FMTest::tmpdir() . '/small';
+    mkdir $mnt or die "mkdir: $!";
+    my $out = `mount -t tmpfs -o size=1m fmtest-sparse '$mnt' 2>&1`;
+    skip "cannot mount a tmpfs here: $out", 2 if $?;
+    my $st = FMTest::run_in_child(60, sub {
+        my $f = "$mnt/cache";
+        my $c = Cache::FastMmap->new(share_file => $f, %GEOM, unlink_on_exit => 0);
+        $c->set('before', 'x');
+        # free the pages' blocks, then fill the filesystem up
+        system("$fallocate --punch-hole --offset 8192 --length " . (3 * 65536) . " '$f'") == 0
+            or return 9;
+        if (open my $fill, '>', "$mnt/fill") {
+            my $block = "\0" x 65536;
+            1 while syswrite($fill, $block);
+            close $fill;
+        }
+        local $SIG{__WARN__} = sub { };
+        $c->set("k$_", 'y' x 1000) for 1 .. 100;   # faults: no room for the pages
+        $c->get('k1');
+        return 0;
+    });
+    is(FMTest::describe_status($st), 'exit 0', 'writing into a sparse file on a full filesystem: the process survives')
+        or diag('9: could not punch holes');
+    system('umount', $mnt);
+    ok(!-e "$mnt/cache", 'the small tmpfs is unmounted again');
+}
+
 # SIGBUS that is not ours: the default action still kills, and a program's
 # own handler installed before the cache still runs.
 {
