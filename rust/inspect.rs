@@ -28,6 +28,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
 
 /// Copies of a page attempted before it is reported busy.
 const COPY_ATTEMPTS: u32 = 2000;
@@ -228,10 +229,40 @@ impl Inspector {
         m.as_mut_ptr().wrapping_add(off as usize)
     }
 
+    /// The lock entry's state, with "held by a process that is gone" judged as the engine
+    /// judges it before a takeover: the same lock word and recorded owner seen twice, a
+    /// second apart. A live locker records its opener slot just after taking the mutex, so
+    /// one look can catch a live holder that has not written its slot yet.
     fn lock_state(&self, entry: *const u8) -> LockState {
+        let mut first = self.look(entry);
+        let give_up = Instant::now() + Duration::from_secs(3);
+        loop {
+            if first.0 != LockState::HeldDead {
+                return first.0;
+            }
+            let settled = Instant::now() + Duration::from_millis(1100);
+            let mut changed = None;
+            while Instant::now() < settled {
+                std::thread::sleep(Duration::from_millis(20));
+                let again = self.look(entry);
+                if (again.1, again.2) != (first.1, first.2) || again.0 != LockState::HeldDead {
+                    changed = Some(again);
+                    break;
+                }
+            }
+            match changed {
+                None => return LockState::HeldDead,
+                Some(_) if Instant::now() >= give_up => return LockState::HeldLive,
+                Some(again) => first = again,
+            }
+        }
+    }
+
+    /// One look at a lock entry: (state, lock word, recorded owner).
+    fn look(&self, entry: *const u8) -> (LockState, u32, u32) {
         // SAFETY: entry is a lock table entry inside the live mapping.
         let (ok, word, rec) = unsafe { lock::entry_state(entry) };
-        if !ok {
+        let state = if !ok {
             LockState::Malformed
         } else if word == 0 {
             LockState::Free
@@ -239,7 +270,8 @@ impl Inspector {
             LockState::HeldLive
         } else {
             LockState::HeldDead
-        }
+        };
+        (state, word, rec)
     }
 
     /// Checks page `n` (and lists its entries with `with_items`). Never writes.
