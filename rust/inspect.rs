@@ -308,10 +308,16 @@ impl Inspector {
                         consistent = true;
                         break;
                     }
-                } else if attempt >= 16 && self.lock_state(entry) != LockState::HeldLive {
-                    // Odd, and nobody alive is changing it: a writer died part-way.
-                    unfinished = true;
-                    break;
+                } else if attempt >= 16 {
+                    // Odd, and nobody alive is changing it: a writer died part-way. A live
+                    // writer makes the counter even before it unlocks, so a free lock or a
+                    // counter that moved meanwhile means the change simply finished.
+                    let state = self.lock_state(entry);
+                    let still = version.load(Ordering::Acquire) == before;
+                    if still && matches!(state, LockState::HeldDead | LockState::Malformed) {
+                        unfinished = true;
+                        break;
+                    }
                 }
             }
             std::thread::yield_now();
