@@ -618,12 +618,16 @@ fcx_make_room(pTHX_ FcxHandle *x, SV *wb_self, int64_t len)
         fcx_fail_unlock(aTHX_ x->c);
     if (!wb_self || !n)
         return;
+    /* The same flat (key, value, expire_on) list as fc_expunge's mode 2. */
     dirty = (AV *)sv_2mortal((SV *)newAV());
     for (i = 0; i < n; i++) {
         if (fc_item(x->c, i, &it) != 0)
             fcx_fail_unlock(aTHX_ x->c);
-        if (!(it.flags & FCX_TOMBSTONE) && (it.flags & (U32)FC_ISDIRTY))
-            av_push(dirty, fcx_item_ref(aTHX_ &it, 1, FCX_STRIP_READ));
+        if (!(it.flags & FCX_TOMBSTONE) && (it.flags & (U32)FC_ISDIRTY)) {
+            av_push(dirty, fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0));
+            av_push(dirty, fcx_value(aTHX_ it.val, it.val_len, it.flags));
+            av_push(dirty, newSVuv((UV)it.expire_on));
+        }
     }
     if (av_len(dirty) >= 0) {
         dSP;
@@ -632,7 +636,7 @@ fcx_make_room(pTHX_ FcxHandle *x, SV *wb_self, int64_t len)
         PUSHs(wb_self);
         PUSHs(sv_2mortal(newRV_inc((SV *)dirty)));
         PUTBACK;
-        (void)call_pv("Cache::FastMmap::_write_back_evicted", G_VOID | G_DISCARD);
+        (void)call_pv("Cache::FastMmap::_write_back_dirty", G_VOID | G_DISCARD);
         FCX_CHECK_OPEN(x);
     }
 }

@@ -858,26 +858,22 @@ sub _expunge_page {
   return fc_expunge($Self->{Cache}, $Mode, 0, $Len) unless $write_cb;
 
   # Mode 2 of the XS: only the dirty entries, as (key, value, expire_on).
-  my @Dirty = fc_expunge($Self->{Cache}, $Mode, 2, $Len);
-  while (my ($Key, $Raw, $ExpireOn) = splice(@Dirty, 0, 3)) {
-    my $Val = $Self->_thaw($Raw);
-    local $@;
-    eval { $write_cb->($Self->{context}, $Key, $Val, $ExpireOn); 1 };
-  }
+  $Self->_write_back_dirty([ fc_expunge($Self->{Cache}, $Mode, 2, $Len) ]);
   return;
 }
 
-# Hands the dirty entries an expunge removed to write_cb (also called by the
-# XS set of a write-back cache).  The page is still locked, as upstream; a
-# die from write_cb is ignored, as upstream.
-sub _write_back_evicted {
-  my ($Self, $Evicted) = @_;
+# Hands the dirty entries an expunge removed, a flat (key, value, expire_on)
+# list, to write_cb (also called by the XS set of a write-back cache).  The
+# page is still locked, as upstream; a die from write_cb is ignored, as
+# upstream.
+sub _write_back_dirty {
+  my ($Self, $Dirty) = @_;
   my $write_cb = $Self->{write_cb} or return;
-  for my $Item (@$Evicted) {
-    next unless $Item->{flags} & FC_ISDIRTY;
-    my $Val = $Self->_thaw($Item->{value});
+  for (my $i = 0; $i < @$Dirty; $i += 3) {
+    my ($Key, $Raw, $ExpireOn) = @$Dirty[$i .. $i + 2];
+    my $Val = $Self->_thaw($Raw);
     local $@;
-    eval { $write_cb->($Self->{context}, $Item->{key}, $Val, $Item->{expire_on}); 1 };
+    eval { $write_cb->($Self->{context}, $Key, $Val, $ExpireOn); 1 };
   }
   return;
 }
