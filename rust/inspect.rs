@@ -349,8 +349,17 @@ impl Inspector {
             _ => {}
         }
         // SAFETY: the marker is a u32 inside the entry (64-byte aligned).
-        let marker = unsafe { std::ptr::read_volatile(entry.add(DIRTY_OFF) as *const u32) };
-        if marker != 0 && lock_state != LockState::HeldLive {
+        let marker_at =
+            |e: *const u8| unsafe { std::ptr::read_volatile(e.add(DIRTY_OFF) as *const u32) };
+        // A writer that locked after our first look sets the marker too: judge the lock
+        // as it is now, and only a marker that stays set under a holder that is gone.
+        if marker_at(entry) != 0
+            && matches!(
+                self.lock_state(entry),
+                LockState::HeldDead | LockState::Malformed
+            )
+            && marker_at(entry) != 0
+        {
             r.problems.push(
                 "marked as being changed, by nobody alive (the next locker checks it)".into(),
             );
