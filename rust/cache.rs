@@ -10,7 +10,12 @@ use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
 use crate::fork::ForkToken;
 use crate::hash::hash_key;
 use crate::lock::{self, Acquired, DIRTY_OFF};
-use crate::page::{self, Corrupt, ExpungePlan, Item, NewItem, Page, PageResult, ReadOut, Stored};
+use crate::page::{self, Corrupt, ExpungePlan, Item, Page, PageResult, ReadOut, Stored};
+
+// What the C ABI (ffi.rs) needs of the page format: it reaches pages only through here.
+pub use crate::page::{
+    NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8KEY, FLAG_UTF8VAL,
+};
 use crate::stats;
 use crate::time;
 use std::path::PathBuf;

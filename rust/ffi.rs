@@ -5,8 +5,10 @@
 //! `fc_last_error` holds the message. No Rust panic crosses this boundary: each body runs
 //! under `catch_unwind` and a panic becomes an error ("internal error: ...").
 
-use crate::cache::Cache;
-use crate::page::{self, NewItem};
+use crate::cache::{
+    Cache, NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8KEY,
+    FLAG_UTF8VAL,
+};
 use crate::time;
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -25,12 +27,12 @@ pub const FC_UTF8KEY: u32 = 1 << 30;
 pub const FC_UTF8VAL: u32 = 0x8000_0000;
 
 const _: () = assert!(
-    FC_ISDIRTY == page::FLAG_ISDIRTY
-        && FC_HASMODSEQ == page::FLAG_HASMODSEQ
-        && FC_TOMBSTONE == page::FLAG_TOMBSTONE
-        && FC_UNDEF == page::FLAG_UNDEF
-        && FC_UTF8KEY == page::FLAG_UTF8KEY
-        && FC_UTF8VAL == page::FLAG_UTF8VAL
+    FC_ISDIRTY == FLAG_ISDIRTY
+        && FC_HASMODSEQ == FLAG_HASMODSEQ
+        && FC_TOMBSTONE == FLAG_TOMBSTONE
+        && FC_UNDEF == FLAG_UNDEF
+        && FC_UTF8KEY == FLAG_UTF8KEY
+        && FC_UTF8VAL == FLAG_UTF8VAL
 );
 
 /// An opaque cache handle: one per Perl cache object.

@@ -92,7 +92,7 @@ sub same_page_keys {
 }
 
 # The entries (key => value) that page $page of $file holds, read from the
-# file (layout: rust/page.rs -- a 32-byte header with the slot count at 4,
+# file (layout: rust/page/ -- a 32-byte header with the slot count at 4,
 # then u32 slots, 0 empty, 1 deleted, else the offset of an item: 24-byte
 # header with key and value lengths at 16 and 20, then key and value).
 # Only for a page nobody is changing. Also returns key => item offset.

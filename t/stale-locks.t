@@ -72,7 +72,7 @@ sub mark_changing {
 }
 
 # Key => offset in the file of every item page $page of $file holds
-# (layout: rust/page.rs -- a 32-byte header with the slot count at 4, then
+# (layout: rust/page/ -- a 32-byte header with the slot count at 4, then
 # u32 slots: 0 empty, 1 deleted, else the offset of an item, whose 24-byte
 # header has the key length at 16, then the key).
 sub item_offsets {
