@@ -18,6 +18,7 @@ pub use crate::page::{
 };
 use crate::stats;
 use crate::time;
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
 use std::time::Duration;
@@ -173,6 +174,17 @@ pub struct Cache {
     fork: ForkToken,
     /// Reads and hits not yet added to the file's counters (see `stats.rs`).
     tally: stats::Tally,
+    /// What the last `peek` leaves for `peek_confirm` to do once its view is confirmed.
+    after_peek: Cell<Option<AfterPeek>>,
+}
+
+/// The writes a lock-free hit makes, once its view is confirmed: the LRU touch and, with
+/// `enable_stats`, the page's read counters.
+#[derive(Debug, Clone, Copy)]
+struct AfterPeek {
+    page: u32,
+    touch: Option<page::Touch>,
+    count: Option<bool>,
 }
 
 impl Default for Cache {
@@ -193,6 +205,7 @@ impl Cache {
             warnings: Vec::new(),
             fork: ForkToken::new(),
             tally: stats::Tally::default(),
+            after_peek: Cell::new(None),
         }
     }
 
@@ -500,20 +513,22 @@ impl Cache {
     /// A lookup without taking the page lock (a sequence-lock read): `Some((peek, ticket))`
     /// when the page was not being changed; the answer (and the value bytes at
     /// `peek_ptr`) may only be used if `peek_confirm(page, ticket)` is true after copying
-    /// them. `None`: take the lock (a change under way, a stale LRU time to update, stats
-    /// to count, or this handle holds a lock).
+    /// them; the confirmation also updates the entry's access time (and, with
+    /// `enable_stats`, the page's counters) without the lock. `None`: take the lock (a
+    /// change under way, or this handle holds a lock).
     pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(ReadOut, u32)> {
+        self.after_peek.set(None);
         let file = self.file.as_ref()?;
         let g = file.layout.geometry;
-        if self.params.enable_stats || self.locked.is_some() || page >= g.num_pages || file.lost() {
+        if self.locked.is_some() || page >= g.num_pages || file.lost() {
             return None;
         }
         let base = file.page_ptr(page);
-        if (base as usize) % 4 != 0 {
+        if (base as usize) % 8 != 0 {
             return None;
         }
         // SAFETY: the entry and the page lie in the live mapping owned by `file`; base is
-        // 4-byte aligned (checked above).
+        // 8-byte aligned (checked above).
         unsafe {
             let version = lock::version(file.lock_entry(page));
             let mut ticket = version.load(Ordering::Acquire);
@@ -531,8 +546,14 @@ impl Cache {
                 }
                 ticket = version.load(Ordering::Acquire);
             }
-            let found = page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
+            let (found, touch) =
+                page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
             self.tally.peeked(found.found);
+            self.after_peek.set(Some(AfterPeek {
+                page,
+                touch,
+                count: self.params.enable_stats.then_some(found.found),
+            }));
             Some((found, ticket))
         }
     }
@@ -564,6 +585,20 @@ impl Cache {
             unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket };
         if same {
             self.tally.confirmed(file);
+            if let Some(after) = self.after_peek.take().filter(|a| a.page == page) {
+                let base = file.page_ptr(page);
+                let size = file.layout.geometry.page_size as usize;
+                // SAFETY: page `page` lies in the live mapping; `peek` checked that its base
+                // is 8-byte aligned.
+                unsafe {
+                    if let Some(t) = &after.touch {
+                        page::touch(base, size, t);
+                    }
+                    if let Some(hit) = after.count {
+                        page::count_read(base, size, hit);
+                    }
+                }
+            }
         }
         same
     }

@@ -25,9 +25,10 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
-/// Version 2: the header also holds the cumulative counters of `stats.rs` (version 1
-/// files, which have none, are replaced like any other mismatch).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2: the header also holds the cumulative counters of `stats.rs`. Version 3: pages
+/// have 8-byte slots (an offset, a tag and an access time; see `page`). Files of another
+/// version are replaced like any other mismatch.
+pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_SIZE: u64 = 4096;
 /// Lock kind recorded in the header: robust process-shared pthread mutexes of the plain
 /// kind, with holders' opener slots recorded (kind 1 was error-checking mutexes).

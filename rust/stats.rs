@@ -1,7 +1,7 @@
 //! Cumulative counters kept in the share file, and the `stats` snapshot.
 //!
 //! # Where the counters live
-//! In the file header (format version 2), which is 4 KiB of which the fields and checksum
+//! In the file header (since format version 2), which is 4 KiB of which the fields and checksum
 //! use the first 80 bytes. Two cache lines at [`COUNTERS_OFF`]:
 //!
 //! | offset | u64 counter  | updated                                              |

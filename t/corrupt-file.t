@@ -81,8 +81,8 @@ sub regions {
         my $slots = u32_at($PRISTINE, $o + 4);
         my $free_data = u32_at($PRISTINE, $o + 16);
         push @r, ['page header', $p, $o, 32],
-                 ['slot table', $p, $o + 32, 4 * $slots],
-                 ['items', $p, $o + 32 + 4 * $slots, $free_data - 32 - 4 * $slots];
+                 ['slot table', $p, $o + 32, FMTest::SLOT_BYTES * $slots],
+                 ['items', $p, $o + FMTest::slot_pos($slots), $free_data - FMTest::slot_pos($slots)];
     }
     return @r;
 }
@@ -341,9 +341,9 @@ for my $test_file (0, 1) {
     my $p = 1;
     my $o = page_off($p);
     my $slots = u32_at($PRISTINE, $o + 4);
-    my ($used) = grep { u32_at($PRISTINE, $o + 32 + 4 * $_) > 1 } 0 .. $slots - 1;
+    my ($used) = grep { u32_at($PRISTINE, $o + FMTest::slot_pos($_)) > 1 } 0 .. $slots - 1;
     my $img = $PRISTINE;
-    substr($img, $o + 32 + 4 * $used, 4) = pack 'L', $PS + 64;
+    substr($img, $o + FMTest::slot_pos($used), 4) = pack 'L', $PS + 64;
     write_image($img);
     my ($r, $st) = exercise(test_file => 1);
     is(FMTest::describe_status($st), 'exit 0', 'wild slot offset: child survived');

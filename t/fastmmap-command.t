@@ -66,7 +66,7 @@ my $sum = md5_of($file);
 
     ($st, $out, $err) = run_cmd('info', $file);
     is($st, 0, 'info exits 0') or diag $err;
-    like($out, qr/^format\s+2$/m, 'info: format version');
+    like($out, qr/^format\s+3$/m, 'info: format version');
     like($out, qr/num_pages 5, page_size 16384/, 'info: geometry');
     like($out, qr/^entries\s+41 live, 0 expired, 0 tombstones, 0 dirty$/m, 'info: entries');
     like($out, qr/^in use\s+no$/m, 'info: nobody has it open');

@@ -92,9 +92,7 @@ sub same_page_keys {
 }
 
 # The entries (key => value) that page $page of $file holds, read from the
-# file (layout: rust/page/ -- a 32-byte header with the slot count at 4,
-# then u32 slots, 0 empty, 1 deleted, else the offset of an item: 24-byte
-# header with key and value lengths at 16 and 20, then key and value).
+# file (layout: see FMTest's slot_pos).
 # Only for a page nobody is changing. Also returns key => item offset.
 sub page_entries {
     my ($file, $page, %geom) = @_;
@@ -105,7 +103,7 @@ sub page_entries {
     my $nslots = unpack 'L', substr($p, 4, 4);
     my (%val, %at);
     for my $i (0 .. $nslots - 1) {
-        my $o = unpack 'L', substr($p, 32 + 4 * $i, 4);
+        my $o = unpack 'L', substr($p, FMTest::slot_pos($i), 4);
         next if $o <= 1;
         my ($kl, $vl) = unpack 'L2', substr($p, $o + 16, 8);
         my $k = substr($p, $o + 24, $kl);

@@ -72,9 +72,7 @@ sub mark_changing {
 }
 
 # Key => offset in the file of every item page $page of $file holds
-# (layout: rust/page/ -- a 32-byte header with the slot count at 4, then
-# u32 slots: 0 empty, 1 deleted, else the offset of an item, whose 24-byte
-# header has the key length at 16, then the key).
+# (layout: see FMTest's slot_pos).
 sub item_offsets {
     my ($file, $page) = @_;
     my $base = $PAGES_OFF + $page * $GEOM{page_size};
@@ -83,7 +81,7 @@ sub item_offsets {
     sysread($fh, my $p, $GEOM{page_size}) == $GEOM{page_size} or die "short read";
     my %at;
     for my $i (0 .. unpack('L', substr($p, 4, 4)) - 1) {
-        my $o = unpack 'L', substr($p, 32 + 4 * $i, 4);
+        my $o = unpack 'L', substr($p, FMTest::slot_pos($i), 4);
         next if $o <= 1;
         my $kl = unpack 'L', substr($p, $o + 16, 4);
         $at{ substr($p, $o + 24, $kl) } = $base + $o;

@@ -62,11 +62,14 @@ my %UnitSeconds = (
 # Multipliers for the size suffixes accepted by cache_size and page_size.
 my %SizeSuffix = (k => 1024, m => 1024 * 1024);
 
-# The engine's page header is 32 bytes and every slot takes 4 bytes.  Beyond
-# that a page must have room for at least one small item: twice the 24-byte
-# item header, the same allowance the engine itself checks.
+# The engine's page header is 32 bytes and every slot takes 8 bytes (the
+# item's offset, and a tag and access time that let reads skip other items
+# and update the LRU time without the lock).  Beyond that a page must have
+# room for at least one small item: twice the 24-byte item header, the same
+# allowance the engine itself checks.
 my $PAGE_HEADER_BYTES = 32;
-my $SLOT_BYTES        = 4;
+my $SLOT_BYTES        = 8;
+my $DEFAULT_START_SLOTS = 89;
 my $MIN_ITEM_BYTES    = 48;
 my $MAX_PAGE_SIZE     = 2**30;
 
@@ -301,17 +304,31 @@ sub new {
 
   # -- start_slots
   _size_arg('start_slots', $Args{start_slots}, 0) if $Args{start_slots};
-  my $start_slots = int($Args{start_slots} || 0) || 89;
+  my $start_slots = int($Args{start_slots} || 0);
+  my $slot_bytes = $SLOT_BYTES;
+  if (!$start_slots) {
+    # Upstream's 89 by default.  Pages under 4 KiB (only page_size without
+    # cache_size makes them) start with 44, whose table takes the 356 bytes
+    # of upstream's 89 4-byte slots: such a page then holds as much as
+    # upstream's, and the smallest page accepted is upstream's smallest
+    # that works.
+    $start_slots = $DEFAULT_START_SLOTS;
+    if (int($page_size) < 4096) {
+      $start_slots = int($DEFAULT_START_SLOTS * 4 / $SLOT_BYTES);
+      $slot_bytes  = 4;    # for the size check below: 89 slots of 4 bytes
+    }
+  }
 
   # Deliberate deviation: a page must hold its header, its initial slot
   # table and at least one small item.  The reference implementation
   # corrupts memory on such geometries; we refuse them.
   {
-    my $Need = $PAGE_HEADER_BYTES + $SLOT_BYTES * $start_slots + $MIN_ITEM_BYTES;
+    my $check_slots = $slot_bytes == $SLOT_BYTES ? $start_slots : $DEFAULT_START_SLOTS;
+    my $Need = $PAGE_HEADER_BYTES + $slot_bytes * $check_slots + $MIN_ITEM_BYTES;
     if (int($page_size) < $Need) {
       Carp::croak("Cache::FastMmap: page_size " . int($page_size)
-        . " is too small for start_slots $start_slots: a page needs at least $Need bytes"
-        . " (a $PAGE_HEADER_BYTES-byte header, $SLOT_BYTES bytes per slot and room for one item);"
+        . " is too small for start_slots $check_slots: a page needs at least $Need bytes"
+        . " (a $PAGE_HEADER_BYTES-byte header, $slot_bytes bytes per slot and room for one item);"
         . " use a larger page_size or fewer start_slots");
     }
     if (int($page_size) > $MAX_PAGE_SIZE) {
@@ -1159,7 +1176,10 @@ minimum in this mode.  Default 64k.
 =item start_slots
 
 Number of hash slots a fresh page starts with.  Pages grow their slot table
-as they fill up, so this rarely matters.  Default 89.
+as they fill up, so this rarely matters.  Default 89; pages smaller than
+4 KiB start with 44, whose table takes as many bytes as the C
+implementation's 89 (a slot takes 8 bytes here, 4 there), so that such a
+page holds as much as there and the same page sizes are accepted.
 
 =back
 
@@ -1176,11 +1196,12 @@ Some examples of the geometry that results:
   page_size => 1000                             89        512       45568
 
 A value that is not a number, a negative value, a value that becomes zero,
-or a page too small to hold its 32-byte header, a 4-byte slot for each of
+or a page too small to hold its 32-byte header, an 8-byte slot for each of
 the C<start_slots> and one small item makes C<new> croak with a message
 that names the offending option.  The largest page is 1 GiB.
 
-Each item needs about 24 bytes of overhead plus its key and value.  Because a
+Each item needs a 24-byte header plus its key and value, and its share of
+the slot table: 8 bytes a slot, with between 30% and 70% of the slots in use.  Because a
 page is emptied down to 60% before a new item is added, an item larger than
 roughly 40% of a page can only be stored in a page that is mostly free; items
 larger than a page can never be stored and C<set> returns false for them.
@@ -1525,7 +1546,7 @@ the share file sees it:
 C<evictions>, C<expirations>, C<repairs>, C<reads> and C<hits> are
 cumulative since the file was created (C<init_file>, or a change of
 geometry, starts them again at 0), shared by every process, and kept in the
-file's header (format version 2), so C<fastmmap stats FILE> shows the same
+file's header (since format version 2), so C<fastmmap stats FILE> shows the same
 numbers from outside.  Entries removed by C<clear> or C<remove> are neither
 evictions nor expirations.
 

@@ -84,7 +84,8 @@ impl Page<'_> {
         let ps = self.page_size() as usize;
         let start = data_start(num_slots) as usize;
         let n = num_slots as usize;
-        let mut slots = vec![SLOT_EMPTY; n];
+        // (offset, meta) per slot; the access delta moves with its item.
+        let mut slots = vec![(SLOT_EMPTY, 0u32); n];
         let mut data: Vec<u8> = Vec::with_capacity(ps - start);
         let mut placed = 0;
         for it in &items {
@@ -94,10 +95,11 @@ impl Page<'_> {
                 continue;
             }
             let mut i = it.slot_hash as usize % n;
-            while slots[i] != SLOT_EMPTY {
+            while slots[i].0 != SLOT_EMPTY {
                 i = (i + 1) % n;
             }
-            slots[i] = (start + data.len()) as u32;
+            let delta = it.last_access.saturating_sub(it.stored_on);
+            slots[i] = ((start + data.len()) as u32, meta(it.slot_hash, delta));
             data.extend_from_slice(&self.b[it.off..it.off + raw]);
             data.resize(data.len() + (l - raw), 0);
             placed += 1;
@@ -106,7 +108,12 @@ impl Page<'_> {
         self.b[PAGE_HEADER..start].copy_from_slice(
             &slots
                 .iter()
-                .flat_map(|s| s.to_ne_bytes())
+                .flat_map(|&(off, m)| {
+                    let mut b = [0u8; SLOT_BYTES];
+                    b[..4].copy_from_slice(&off.to_ne_bytes());
+                    b[4..].copy_from_slice(&m.to_ne_bytes());
+                    b
+                })
                 .collect::<Vec<u8>>(),
         );
         self.b[start..start + data.len()].copy_from_slice(&data);

@@ -1,9 +1,23 @@
-//! One page of the cache: a 32-byte header, a slot table of u32 offsets, and an item area.
+//! One page of the cache: a 32-byte header, a slot table, and an item area.
 //!
 //! The layout and the eviction arithmetic follow upstream Cache::FastMmap (so that hit rates
-//! users tuned against stay the same): header fields are native-endian u32s; a slot holds 0
-//! (empty, stops probing), 1 (deleted, probing continues) or the page-relative offset of an
-//! item; an item is a 24-byte header, the key bytes, then the value bytes, padded to 4 bytes.
+//! users tuned against stay the same): header fields are native-endian u32s; an item is a
+//! 24-byte header, the key bytes, then the value bytes, padded to 4 bytes.
+//!
+//! A slot is 8 bytes, two native-endian u32s (upstream's is only the first):
+//! - the item's page-relative offset, or 0 (empty, stops probing) or 1 (deleted, probing
+//!   continues);
+//! - the slot's *meta* word: the top byte is a tag, the top 8 bits of the item's slot hash,
+//!   so that a probe passes most non-matching slots without touching their items (one cache
+//!   line per 8 slots); the low 24 bits are the item's last access, in seconds after the time
+//!   its header records (its store), saturating at [`MAX_ACCESS_DELTA`] (194 days).
+//!
+//! Readers that take no lock update the access time with one compare-and-swap of the whole
+//! 8-byte slot ([`peek::touch`]): it lands only on a slot that still holds exactly what the
+//! reader saw, so the worst a race can do is give the wrong age to an entry (which only
+//! matters to the order of LRU eviction), never change an offset, a tag or an item byte.
+//! Code under the page lock therefore reads each meta word once and treats its access part
+//! as advisory.
 //!
 //! Nothing read from the page is trusted: every offset and length is checked against the page
 //! before use, and a failed check comes back as [`Corrupt`] (the caller repairs the page).
@@ -16,7 +30,7 @@ mod repair;
 mod tests;
 
 pub use expunge::{ExpungePlan, EXPUNGE_ALL, EXPUNGE_EXPIRED, EXPUNGE_LRU};
-pub use peek::peek;
+pub use peek::{count_read, peek, touch, Touch};
 
 /// Bytes of the page header.
 pub const PAGE_HEADER: usize = 32;
@@ -36,7 +50,7 @@ const H_NREADS: usize = 24;
 const H_NREADHITS: usize = 28;
 
 // Item header fields.
-const I_LAST_ACCESS: usize = 0;
+const I_STORED_ON: usize = 0;
 const I_EXPIRE_ON: usize = 4;
 const I_SLOT_HASH: usize = 8;
 const I_FLAGS: usize = 12;
@@ -67,10 +81,33 @@ pub fn roundlen(l: u64) -> u64 {
     (l + 3) & !3
 }
 
+/// Bytes per slot: the item offset and the meta word.
+pub const SLOT_BYTES: usize = 8;
+/// Largest access time a slot records, in seconds after the item's store (2^24 - 1).
+pub const MAX_ACCESS_DELTA: u32 = 0x00FF_FFFF;
+
 /// Offset of the item area for a slot table of `num_slots` entries.
 #[inline]
 fn data_start(num_slots: u32) -> u64 {
-    PAGE_HEADER as u64 + 4 * u64::from(num_slots)
+    PAGE_HEADER as u64 + SLOT_BYTES as u64 * u64::from(num_slots)
+}
+
+/// The tag a slot keeps for an item of this slot hash.
+#[inline]
+fn tag_of(slot_hash: u32) -> u32 {
+    slot_hash >> 24
+}
+
+/// A meta word: the tag of `slot_hash` and an access `delta` (clamped).
+#[inline]
+fn meta(slot_hash: u32, delta: u32) -> u32 {
+    (tag_of(slot_hash) << 24) | delta.min(MAX_ACCESS_DELTA)
+}
+
+/// Seconds from an item's store time to an access at `now` (0 if the clock went back).
+#[inline]
+fn access_delta(stored_on: u32, now: u32) -> u32 {
+    now.saturating_sub(stored_on).min(MAX_ACCESS_DELTA)
 }
 
 /// Why a page failed validation.
@@ -83,6 +120,9 @@ pub type PageResult<T> = std::result::Result<T, Corrupt>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Item {
     pub off: usize,
+    /// When the item was stored (its header's time).
+    pub stored_on: u32,
+    /// The last access: `stored_on` plus the slot's access delta.
     pub last_access: u32,
     pub expire_on: u32,
     pub slot_hash: u32,
@@ -227,12 +267,26 @@ impl<'a> Page<'a> {
         self.wr(H_NREADHITS, 0);
     }
 
+    /// Slot `i`'s offset word.
     fn slot(&self, i: usize) -> u32 {
-        self.rd(PAGE_HEADER + 4 * i)
+        self.rd(PAGE_HEADER + SLOT_BYTES * i)
     }
 
-    fn set_slot(&mut self, i: usize, v: u32) {
-        self.wr(PAGE_HEADER + 4 * i, v)
+    /// Slot `i`'s meta word (tag and access delta).
+    fn slot_meta(&self, i: usize) -> u32 {
+        self.rd(PAGE_HEADER + SLOT_BYTES * i + 4)
+    }
+
+    /// Sets slot `i`. The meta word goes first: a writer killed between the two stores
+    /// leaves the old offset (still a valid slot: an overwrite keeps the tag) rather than a
+    /// new offset under a stale tag.
+    fn set_slot(&mut self, i: usize, off: u32, meta: u32) {
+        self.wr(PAGE_HEADER + SLOT_BYTES * i + 4, meta);
+        self.wr(PAGE_HEADER + SLOT_BYTES * i, off);
+    }
+
+    fn set_slot_meta(&mut self, i: usize, meta: u32) {
+        self.wr(PAGE_HEADER + SLOT_BYTES * i + 4, meta);
     }
 
     /// Smallest page that can hold the header, `num_slots` slots and one small item.
@@ -296,8 +350,9 @@ impl<'a> Page<'a> {
         Ok(())
     }
 
-    /// Validates the item a slot points at, against the bounds `[lo, hi)` of the item area.
-    fn item_within(&self, off: u32, lo: u64, hi: u64) -> PageResult<Item> {
+    /// Validates the item a slot (offset `off`, meta word `meta`) points at, against the
+    /// bounds `[lo, hi)` of the item area. The tag is not checked here (see `validate`).
+    fn item_within(&self, off: u32, meta: u32, lo: u64, hi: u64) -> PageResult<Item> {
         let o = u64::from(off);
         if o < lo || o % 4 != 0 || o + ITEM_HEADER as u64 > hi {
             return Err(Corrupt(format!("slot offset {off} outside the item area")));
@@ -317,9 +372,11 @@ impl<'a> Page<'a> {
                 "item at offset {off} has a modseq flag but no modseq"
             )));
         }
+        let stored_on = self.rd(off + I_STORED_ON);
         Ok(Item {
             off,
-            last_access: self.rd(off + I_LAST_ACCESS),
+            stored_on,
+            last_access: stored_on.saturating_add(meta & MAX_ACCESS_DELTA),
             expire_on: self.rd(off + I_EXPIRE_ON),
             slot_hash: self.rd(off + I_SLOT_HASH),
             flags,
@@ -328,10 +385,12 @@ impl<'a> Page<'a> {
         })
     }
 
-    /// The item at a slot offset, checked against this page's (already checked) header.
-    fn item(&self, off: u32) -> PageResult<Item> {
+    /// The item slot `i` points at (offset `off`), checked against this page's (already
+    /// checked) header.
+    fn item(&self, i: usize, off: u32) -> PageResult<Item> {
         self.item_within(
             off,
+            self.slot_meta(i),
             data_start(self.num_slots()),
             u64::from(self.free_data()),
         )

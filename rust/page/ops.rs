@@ -16,6 +16,7 @@ impl Page<'_> {
         let n = self.num_slots() as usize;
         let mut i = slot_hash as usize % n;
         let mut first_deleted = None;
+        let tag = tag_of(slot_hash);
         for _ in 0..n {
             match self.slot(i) {
                 SLOT_EMPTY => {
@@ -27,8 +28,10 @@ impl Page<'_> {
                         first_deleted = Some(i);
                     }
                 }
+                // A slot whose tag differs cannot hold the key: its item is not read.
+                _ if self.slot_meta(i) >> 24 != tag => {}
                 off => {
-                    let it = self.item(off)?;
+                    let it = self.item(i, off)?;
                     if it.slot_hash == slot_hash && it.key_len == key.len() && self.key(&it) == key
                     {
                         return Ok(Some((i, Some(it))));
@@ -44,8 +47,8 @@ impl Page<'_> {
     }
 
     /// Looks a key up. A miss is: absent, expired (left in place for write-back) or a
-    /// tombstone. A hit updates last_access (the LRU touch). With `stats`, counts the read and
-    /// the hit.
+    /// tombstone. A hit updates the slot's access time (the LRU touch). With `stats`, counts
+    /// the read and the hit.
     pub fn read(
         &mut self,
         slot_hash: u32,
@@ -58,8 +61,8 @@ impl Page<'_> {
             let n = self.rd(H_NREADS).wrapping_add(1);
             self.wr(H_NREADS, n);
         }
-        let it = match self.find_slot(slot_hash, key, false)? {
-            Some((_, Some(it))) => it,
+        let (slot, it) = match self.find_slot(slot_hash, key, false)? {
+            Some((slot, Some(it))) => (slot, it),
             _ => return Ok(ReadOut::MISS),
         };
         if is_expired(it.expire_on, now) || it.is_tombstone() {
@@ -67,8 +70,9 @@ impl Page<'_> {
         }
         // Skip the store when it would not change anything: readers then leave the page's
         // cache lines clean.
-        if it.last_access != now {
-            self.wr(it.off + I_LAST_ACCESS, now);
+        let m = meta(slot_hash, access_delta(it.stored_on, now));
+        if self.slot_meta(slot) != m {
+            self.set_slot_meta(slot, m);
         }
         if stats {
             let n = self.rd(H_NREADHITS).wrapping_add(1);
@@ -86,7 +90,7 @@ impl Page<'_> {
     }
 
     fn mark_deleted(&mut self, slot: usize) {
-        self.set_slot(slot, SLOT_DELETED);
+        self.set_slot(slot, SLOT_DELETED, 0);
         let fs = self.free_slots() + 1;
         let os = self.old_slots() + 1;
         self.wr(H_FREE_SLOTS, fs);
@@ -149,7 +153,7 @@ impl Page<'_> {
         // allocated first, then one slot store makes it visible, so the old value stays
         // readable until that store; the slot counters come last.
         let off = self.free_data() as usize;
-        self.wr(off + I_LAST_ACCESS, now);
+        self.wr(off + I_STORED_ON, now);
         self.wr(off + I_EXPIRE_ON, expire_on);
         self.wr(off + I_SLOT_HASH, new.slot_hash);
         self.wr(off + I_FLAGS, flags);
@@ -168,7 +172,7 @@ impl Page<'_> {
         self.wr(H_FREE_DATA, fd);
         self.wr(H_FREE_BYTES, fb);
         let was_deleted = self.slot(slot) == SLOT_DELETED;
-        self.set_slot(slot, off as u32);
+        self.set_slot(slot, off as u32, meta(new.slot_hash, 0));
         if old.is_none() {
             // A previously free slot is now used (an overwrite keeps the counts).
             let fs = self.free_slots() - 1;
@@ -201,7 +205,7 @@ impl Page<'_> {
         for i in 0..self.num_slots() as usize {
             let off = self.slot(i);
             if off > SLOT_DELETED {
-                v.push(self.item(off)?);
+                v.push(self.item(i, off)?);
             }
         }
         Ok(v)

@@ -18,11 +18,16 @@ impl Page<'_> {
                     old += 1
                 }
                 off => {
-                    let it = self.item(off)?;
+                    let it = self.item(i, off)?;
                     let key = self.key(&it);
                     if !hash_ok(key, it.slot_hash) {
                         return Err(Corrupt(format!(
                             "item at offset {off} is not in the slot its key hashes to"
+                        )));
+                    }
+                    if self.slot_meta(i) >> 24 != tag_of(it.slot_hash) {
+                        return Err(Corrupt(format!(
+                            "slot {i} has a tag that does not match its item's hash"
                         )));
                     }
                     match self.find_slot(it.slot_hash, key, false)? {
@@ -66,7 +71,7 @@ impl Page<'_> {
             if off <= SLOT_DELETED {
                 continue;
             }
-            let it = match self.item_within(off, lo, ps) {
+            let it = match self.item_within(off, self.slot_meta(i), lo, ps) {
                 Ok(it) => it,
                 Err(_) => continue,
             };

@@ -31,6 +31,17 @@ BEGIN {
 
 require Cache::FastMmap;
 
+# The page layout, for tests that read or damage a share file's bytes (see
+# rust/page/mod.rs): a 32-byte page header (slot count at 4), then 8-byte
+# slots whose first u32 is 0 (empty), 1 (deleted) or the offset of an item
+# in the page; an item has a 24-byte header (key and value lengths at 16
+# and 20), then the key, then the value.
+use constant PAGE_HEADER_BYTES => 32;
+use constant SLOT_BYTES        => 8;
+
+# Offset in a page of slot $i.
+sub slot_pos { PAGE_HEADER_BYTES + SLOT_BYTES * $_[0] }
+
 sub _under {
     my ($path, $dir) = @_;
     return 0 unless defined $path && -e $path && -d $dir;
