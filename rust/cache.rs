@@ -174,13 +174,16 @@ pub struct Cache {
     fork: ForkToken,
     /// Reads and hits not yet added to the file's counters (see `stats.rs`).
     tally: stats::Tally,
-    /// What the last `peek` leaves for `peek_confirm` to do once its view is confirmed.
-    after_peek: Cell<Option<AfterPeek>>,
+    /// What the last `peek` leaves for `peek_confirm` to do once its view is confirmed;
+    /// meaningful only while `after_peek_armed` (a flag, so the common hit that leaves
+    /// nothing to do costs one byte store and one load).
+    after_peek: Cell<AfterPeek>,
+    after_peek_armed: Cell<bool>,
 }
 
 /// The writes a lock-free hit makes, once its view is confirmed: the LRU touch and, with
 /// `enable_stats`, the page's read counters.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct AfterPeek {
     page: u32,
     touch: Option<page::Touch>,
@@ -205,7 +208,8 @@ impl Cache {
             warnings: Vec::new(),
             fork: ForkToken::new(),
             tally: stats::Tally::default(),
-            after_peek: Cell::new(None),
+            after_peek: Cell::new(AfterPeek::default()),
+            after_peek_armed: Cell::new(false),
         }
     }
 
@@ -517,7 +521,7 @@ impl Cache {
     /// `enable_stats`, the page's counters) without the lock. `None`: take the lock (a
     /// change under way, or this handle holds a lock).
     pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(ReadOut, u32)> {
-        self.after_peek.set(None);
+        self.after_peek_armed.set(false);
         let file = self.file.as_ref()?;
         let g = file.layout.geometry;
         if self.locked.is_some() || page >= g.num_pages || file.lost() {
@@ -549,11 +553,14 @@ impl Cache {
             let (found, touch) =
                 page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
             self.tally.peeked(found.found);
-            self.after_peek.set(Some(AfterPeek {
-                page,
-                touch,
-                count: self.params.enable_stats.then_some(found.found),
-            }));
+            if touch.is_some() || self.params.enable_stats {
+                self.after_peek.set(AfterPeek {
+                    page,
+                    touch,
+                    count: self.params.enable_stats.then_some(found.found),
+                });
+                self.after_peek_armed.set(true);
+            }
             Some((found, ticket))
         }
     }
@@ -585,7 +592,8 @@ impl Cache {
             unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket };
         if same {
             self.tally.confirmed(file);
-            if let Some(after) = self.after_peek.take().filter(|a| a.page == page) {
+            if self.after_peek_armed.replace(false) && self.after_peek.get().page == page {
+                let after = self.after_peek.get();
                 let base = file.page_ptr(page);
                 let size = file.layout.geometry.page_size as usize;
                 // SAFETY: page `page` lies in the live mapping; `peek` checked that its base
