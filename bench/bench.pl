@@ -597,7 +597,8 @@ my $HAVE_UP = defined $UP_VERSION ? 1 : 0;
 # Where valgrind is installed, the same loops run under callgrind once more
 # for instructions (and simulated cache misses) per op.
 
-my @OPS_WORKLOADS = qw(insert get hot miss delete set get_rcb set_wb multi_get10 noop get_1m);
+my @OPS_WORKLOADS = qw(insert get hot miss delete set get_rcb set_wb multi_get10 noop get_16m
+                       get_1m);
 my %OPS_LABEL = (
     insert      => 'insert (new key)',
     get         => 'get pass (each key once)',
@@ -609,6 +610,7 @@ my %OPS_LABEL = (
     set_wb      => 'set, write-back cache',
     multi_get10 => 'multi_get of 10 (per call)',
     noop        => 'empty XS method call',
+    get_16m     => 'get pass, 16 MB cache (diag)',
     get_1m      => 'get pass, 1M keys, 1 GiB',
 );
 my @OPS_IMPLS = qw(ours upstream dhms);
@@ -683,6 +685,29 @@ sub free_kib {
     return (split ' ', $l[1])[3];
 }
 
+# The simulated caches for callgrind, from this CPU's sysfs description: L1
+# data and instruction caches, and the per-core L2 as the "last level" (a
+# VM's CPUID often gives valgrind a nonsensical L3, and the lookups of the
+# small key space fit a 32 MB L3 anyway, while L2 misses are what they pay).
+# Returns (valgrind options, label of the last-level column).
+sub cache_geometry {
+    my %c;
+    for my $d (glob '/sys/devices/system/cpu/cpu0/cache/index*') {
+        my ($lvl, $type, $size, $ways, $line) =
+            map { my $v = slurp("$d/$_"); chomp $v; $v }
+            qw(level type size ways_of_associativity coherency_line_size);
+        my ($kib) = $size =~ /^(\d+)K$/;
+        next unless $kib && $ways =~ /^\d+$/ && $line =~ /^\d+$/;
+        my $geo = join ',', $kib * 1024, $ways, $line;
+        $c{D1} = $geo if $lvl eq '1' && $type eq 'Data';
+        $c{I1} = $geo if $lvl eq '1' && $type eq 'Instruction';
+        $c{LL} = $geo if $lvl eq '2' && $type eq 'Unified';
+    }
+    return ([], 'LL') unless $c{D1} && $c{I1} && $c{LL};
+    return ([ map { "--$_=$c{$_}" } qw(I1 D1 LL) ], 'L2');
+}
+my ($CG_CACHE_OPTS, $LL_LABEL) = cache_geometry();
+
 sub have_valgrind {
     for my $d (split /:/, $ENV{PATH} // '') {
         return "$d/valgrind" if -x "$d/valgrind";
@@ -700,7 +725,7 @@ sub callgrind_counts {
     my $log = "$out.log";
     my @cmd = ($vg, '--tool=callgrind', "--callgrind-out-file=$out",
                '--zero-before=Perl_pp_getppid', '--dump-before=Perl_pp_getpgrp',
-               ($opt{'no-cache-sim'} ? () : '--cache-sim=yes'),
+               ($opt{'no-cache-sim'} ? () : ('--cache-sim=yes', @$CG_CACHE_OPTS)),
                $^X, worker_args($impl, $dir), "--callgrind=$opt{'cg-ops'}",
                '--workloads=' . join(',', @$workloads));
     my $res = do {
@@ -947,17 +972,20 @@ sub print_ops {
         . ($ops->{cg}{$_} ? 'counted' : $ops->{cg_why}{$_}) } @impls) . "\n";
     printf "  %d interleaved rounds (ABBA), >= %.2f CPU s per measurement; ns = thread CPU time per op\n"
          . "  net of the same loop with an empty body (median over rounds); Ir = instructions per op,\n"
-         . "  D1 / LL = simulated L1 data / last-level cache misses per op (callgrind, %d and %d ops,\n"
-         . "  net of the empty loop too)\n\n",
-        $opt{'ops-rounds'}, $opt{'ops-time'}, $opt{'cg-ops'}, 2 * $opt{'cg-ops'};
+         . "  D1 / %s = simulated L1 data / %s cache misses per op (callgrind, %d and %d ops,\n"
+         . "  net of the empty loop too%s)\n\n",
+        $opt{'ops-rounds'}, $opt{'ops-time'}, $LL_LABEL,
+        $LL_LABEL eq 'L2' ? 'L2 (as the last level)' : 'last-level', $opt{'cg-ops'}, 2 * $opt{'cg-ops'},
+        @$CG_CACHE_OPTS ? '; ' . join(' ', @$CG_CACHE_OPTS) : '';
     my @cols = map { my $i = $_; ([ $i, 'ns' ], [ $i, 'Ir' ], ($sim ? ([ $i, 'D1' ], [ $i, 'LL' ]) : ())) }
                @impls;
-    my $hdr = sprintf('%-27s', 'workload') . join('', map {
+    my $hdr = sprintf('%-30s', 'workload') . join('', map {
         sprintf($_->[1] eq 'ns' ? ' | %7s' : ' %6s',
-                $_->[1] eq 'ns' ? "$OPS_IMPL_LABEL{$_->[0]} ns" : $_->[1]) } @cols);
+                $_->[1] eq 'ns' ? "$OPS_IMPL_LABEL{$_->[0]} ns"
+              : $_->[1] eq 'LL' ? $LL_LABEL : $_->[1]) } @cols);
     print $hdr, "\n", '-' x length($hdr), "\n";
     for my $w (@{ $ops->{workloads} }) {
-        my $line = sprintf('%-27s', $OPS_LABEL{$w});
+        my $line = sprintf('%-30s', $OPS_LABEL{$w});
         for my $c (@cols) {
             my ($i, $k) = @$c;
             if ($k eq 'ns') {
@@ -966,6 +994,7 @@ sub print_ops {
             }
             else {
                 my $v = ops_cg($ops, $i, $w, $k);
+                $v = 0 if defined $v && $k ne 'Ir' && $v < 0 && $v > -0.05;   # counting noise
                 $line .= sprintf(' %6s', !defined $v ? '-' : $k eq 'Ir' ? sprintf('%.0f', $v)
                                                               : sprintf('%.2f', $v));
             }
@@ -974,7 +1003,7 @@ sub print_ops {
     }
     my $loop = median([ map { $_->{loop} } @{ $ops->{samples}{ours}{get} // [] } ]);
     my $lir  = ops_cg($ops, 'ours', 'get', 'Ir_loop');
-    printf "%-27s | %7s %6s\n", 'empty loop (ours, subtracted)', fmt_ns($loop),
+    printf "%-30s | %7s %6s\n", 'empty loop (subtracted)', fmt_ns($loop),
         defined $lir ? sprintf('%.0f', $lir) : '-';
 
     print "\nIssue 12 targets (ratios from this run; time = median of per-round ratios of net CPU ns,\n"
@@ -990,11 +1019,12 @@ sub print_ops {
         # where the difference lies, from the counts of both sides
         my @why;
         for my $k (qw(Ir D1 LL)) {
+            my $label = $k eq 'LL' ? $LL_LABEL : $k;
             my ($x, $y) = (ops_cg($ops, @{ $t->{num} }[0, 1], $k), ops_cg($ops, @{ $t->{den} }[0, 1], $k));
             next unless defined $x && defined $y;
             $y *= $t->{den}[2] if $t->{den}[2];
             my $f = $k eq 'Ir' ? '%.0f' : '%.2f';
-            push @why, sprintf("%s $f vs $f", $k, $x, $y);
+            push @why, sprintf("%s $f vs $f", $label, $x, $y);
         }
         my ($na, $nb) = (ops_net($ops, @{ $t->{num} }[0, 1]), ops_net($ops, @{ $t->{den} }[0, 1]));
         $nb *= $t->{den}[2] if defined $nb && $t->{den}[2];

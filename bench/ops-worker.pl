@@ -142,6 +142,7 @@ sub list { my ($name) = @_; $LIST{$name} //= $LIST_MAKER{$name}->() }
 
 my %CACHE_SPEC = (
     plain   => { pages => 1024,  fill => 'pass' },
+    plain16 => { pages => 256,   fill => 'pass' },
     scratch => { pages => 1024 },
     rcb     => { pages => 1024,  fill => 'pass', args => [read_cb => sub { undef }] },
     wb      => { pages => 1024,  fill => 'pass',
@@ -214,6 +215,7 @@ my %WORKLOAD = (
     get_rcb     => { cache => 'rcb',     list => 'pass',    body => 'get', read => 1 },
     set_wb      => { cache => 'wb',      list => 'pass',    body => 'set' },
     multi_get10 => { cache => 'multi',   list => 'groups',  body => 'mget', read => 1 },
+    get_16m     => { cache => 'plain16', list => 'pass',    body => 'get', read => 1 },
     get_1m      => { cache => 'big',     list => 'bigpass', body => 'get' },
     noop        => { cache => 'plain',   list => 'hot',     body => 'noop' },
 );
