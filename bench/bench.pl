@@ -970,13 +970,13 @@ sub print_ops {
         $opt{'big-keys'}, $ops->{prepare_secs}{get_1m} // 0)) . "\n";
     print "  callgrind: " . join('; ', map { "$OPS_IMPL_LABEL{$_} "
         . ($ops->{cg}{$_} ? 'counted' : $ops->{cg_why}{$_}) } @impls) . "\n";
-    printf "  %d interleaved rounds (ABBA), >= %.2f CPU s per measurement; ns = thread CPU time per op\n"
-         . "  net of the same loop with an empty body (median over rounds); Ir = instructions per op,\n"
-         . "  D1 / %s = simulated L1 data / %s cache misses per op (callgrind, %d and %d ops,\n"
-         . "  net of the empty loop too%s)\n\n",
+    printf "  %d interleaved rounds (ABBA), >= %.2f CPU s per measurement; ns = thread CPU time\n"
+         . "  per op net of the same loop with an empty body (median over rounds)\n"
+         . "  Ir = instructions per op, D1 / %s = simulated L1 data / %s cache misses per op\n"
+         . "  (callgrind, %d and %d ops, net of the empty loop too)%s\n\n",
         $opt{'ops-rounds'}, $opt{'ops-time'}, $LL_LABEL,
         $LL_LABEL eq 'L2' ? 'L2 (as the last level)' : 'last-level', $opt{'cg-ops'}, 2 * $opt{'cg-ops'},
-        @$CG_CACHE_OPTS ? '; ' . join(' ', @$CG_CACHE_OPTS) : '';
+        @$CG_CACHE_OPTS ? "\n  caches simulated: " . join(' ', @$CG_CACHE_OPTS) : '';
     my @cols = map { my $i = $_; ([ $i, 'ns' ], [ $i, 'Ir' ], ($sim ? ([ $i, 'D1' ], [ $i, 'LL' ]) : ())) }
                @impls;
     my $hdr = sprintf('%-30s', 'workload') . join('', map {
