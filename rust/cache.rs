@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
 use crate::fork::ForkToken;
-use crate::hash::hash_key;
+use crate::hash::{belongs_on, hash_key};
 use crate::lock::{self, Acquired, DIRTY_OFF};
 use crate::page::{self, Corrupt, ExpungePlan, Item, Page, PageResult, ReadOut, Stored};
 
@@ -149,7 +149,7 @@ fn page_at(file: &MappedFile, n: u32) -> Page<'_> {
 
 /// The hash check used to validate items: does `key` belong to page `n` with `slot_hash`?
 fn hash_checker(num_pages: u32, n: u32) -> impl Fn(&[u8], u32) -> bool {
-    move |key: &[u8], slot_hash: u32| hash_key(key, num_pages) == (n, slot_hash)
+    move |key: &[u8], slot_hash: u32| belongs_on(key, slot_hash, n, num_pages)
 }
 
 /// Reads or writes the "being mutated" marker of a lock table entry.

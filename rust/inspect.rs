@@ -16,7 +16,7 @@
 
 use crate::error::{Error, Result};
 use crate::file::{parse_header, Layout, HEADER_SIZE};
-use crate::hash::hash_key;
+use crate::hash::belongs_on;
 use crate::lock::{self, DIRTY_OFF, LOCK_STRIDE};
 use crate::page::{Item, Page, FLAG_ISDIRTY};
 use crate::platform;
@@ -365,7 +365,7 @@ impl Inspector {
             );
         }
         let page = Page::new(&mut copy);
-        let hash_ok = |key: &[u8], sh: u32| hash_key(key, g.num_pages) == (n, sh);
+        let hash_ok = |key: &[u8], sh: u32| belongs_on(key, sh, n, g.num_pages);
         if let Err(c) = page.validate(&hash_ok) {
             r.problems.push(c.0);
             r.state = PageState::Damaged;
@@ -470,7 +470,7 @@ impl Inspector {
                 let bytes =
                     std::slice::from_raw_parts_mut(Self::page_ptr(l, m, n), g.page_size as usize);
                 let mut page = Page::new(bytes);
-                let hash_ok = |key: &[u8], sh: u32| hash_key(key, g.num_pages) == (n, sh);
+                let hash_ok = |key: &[u8], sh: u32| belongs_on(key, sh, n, g.num_pages);
                 if let Err(c) = page.validate(&hash_ok) {
                     let kept = page.repair(g.start_slots, &hash_ok);
                     stats::record_repair_at(m.as_mut_ptr());

@@ -22,6 +22,11 @@ my $n = 0;
 $n++ until (Cache::FastMmap::fc_hash($c->{Cache}, "same$n"))[0] == $page;
 my $same = "same$n";
 $c->set($same, 'neighbour');
+# a multi_set page key whose entries live on that page too
+$n = 0;
+$n++ until (Cache::FastMmap::fc_hash($c->{Cache}, "pk$n"))[0] == $page;
+my $pk = "pk$n";
+$c->multi_set($pk, { a => 'A', b => 'B' });
 
 # A holder sits inside a get_and_set callback: it holds the page lock and
 # has not changed the page yet.
@@ -42,6 +47,13 @@ my $st = FMTest::run_in_child(10, sub {
 });
 is(FMTest::describe_status($st), 'exit 0', 'reads of that page do not wait for an idle lock holder');
 
+$st = FMTest::run_in_child(10, sub {
+    Cache::FastMmap::_set_time_override($T0 + 2);
+    my $h = $c->multi_get($pk, [qw(a b c)]);
+    return join(',', map { "$_=$h->{$_}" } sort keys %$h) eq 'a=A,b=B' ? 0 : 2;
+});
+is(FMTest::describe_status($st), 'exit 0', 'multi_get of that page does not wait either');
+
 $st = FMTest::run_in_child(3, sub { $c->set($same, 'x'); 0 });
 is(FMTest::describe_status($st), 'signal 14', 'a write to that page waits for the lock');
 
@@ -59,6 +71,8 @@ FMTest::wait_children(20, $holder);
 is($c->get('k'), 'old', 'value unchanged');
 my ($details) = grep { $_->{key} eq 'k' } $c->get_keys(1);
 is($details->{last_access}, $T0 + 3, 'the lock-free read updated the last-access time');
+my %multi = map { ($_->{key}, $_->{last_access}) } $c->get_keys(1);
+is_deeply([@multi{"$pk-a", "$pk-b"}], [$T0 + 2, $T0 + 2], '... and so did the lock-free multi_get');
 Cache::FastMmap::_set_time_override($T0 + 5);
 is($c->get('k'), 'old', 'a read with a new time works');
 ($details) = grep { $_->{key} eq 'k' } $c->get_keys(1);

@@ -1528,7 +1528,8 @@ multi_get(self, ...)
     HE *he;
     SSize_t i, last;
     FcReadResult r;
-    int thaw, any = 0;
+    int thaw, any = 0, unlocked;
+    uint32_t ticket = 0, t;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1))
@@ -1553,11 +1554,42 @@ multi_get(self, ...)
     full = sv_2mortal(newSV(plen + 64));
     sv_setpvn(full, p, plen);
     sv_catpvn_nomg(full, "-", 1);
-    if (fc_lock(x->c, page) != 0)
+    /* First without the lock: every key is peeked under one ticket of the
+     * page's change counter and confirmed after its value is copied (which
+     * also moves its access time on), so the batch is one consistent view of
+     * the page, as under the lock.  Any change meanwhile, and the batch is
+     * read again under the lock.  The result hash is our own: storing into
+     * it or emptying it runs no Perl code. */
+    unlocked = 1;
+    for (i = 0; i <= last && unlocked; i++) {
+        SV *ks = *av_fetch(av, i, 0);
+        STRLEN kl;
+        const char *kp = SvPV_nomg(ks, kl);
+        SvCUR_set(full, plen + 1);
+        sv_catpvn_nomg(full, kp, kl);
+        k = SvPV_nomg(full, klen);
+        fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
+        if (!fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &t)
+            || (i > 0 && t != ticket)) {
+            unlocked = 0;
+            break;
+        }
+        ticket = t;
+        if (r.found) {
+            (void)hv_store_ent(found, ks, fcx_value(aTHX_ r.val, r.val_len, r.flags), 0);
+            any = 1;
+        }
+        if (!fc_peek_confirm(x->c, page, ticket))
+            unlocked = 0;
+    }
+    if (!unlocked) {
+        hv_clear(found);
+        any = 0;
+    }
+    if (!unlocked && fc_lock(x->c, page) != 0)
         fcx_done(aTHX_ x->c, -1);
-    /* Values go straight from the page into the result hash: our own new
-     * hash, so storing into it runs no Perl code under the lock. */
-    for (i = 0; i <= last; i++) {
+    /* Values go straight from the page into the result hash. */
+    for (i = 0; i <= last && !unlocked; i++) {
         SV *ks = *av_fetch(av, i, 0);
         STRLEN kl;
         const char *kp = SvPV_nomg(ks, kl);
@@ -1572,7 +1604,8 @@ multi_get(self, ...)
             any = 1;
         }
     }
-    fc_unlock(x->c);
+    if (!unlocked)
+        fc_unlock(x->c);
     if (thaw && any) {
         FCX_GUARD_BEGIN(x);
         fcx_warnings(aTHX_ x->c);
