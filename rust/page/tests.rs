@@ -31,6 +31,22 @@ fn get(p: &mut Page, key: &str, now: u32) -> Option<Vec<u8>> {
     r.found.then(|| p.bytes(r.val_off, r.val_len).to_vec())
 }
 
+/// A 4 KiB page of 89 slots holding key0..key9 => "value", stored at time 5.
+fn ten_entry_page() -> Vec<u8> {
+    let mut b = page(4096, 89);
+    let mut p = Page::new(&mut b);
+    for i in 0..10 {
+        put(&mut p, &format!("key{i}"), "value", 5);
+    }
+    b
+}
+
+fn first_used_slot(p: &Page) -> usize {
+    (0..p.num_slots() as usize)
+        .find(|&i| p.slot(i) > 1)
+        .unwrap()
+}
+
 fn hash_ok(key: &[u8], s: u32) -> bool {
     sh(key) == s
 }
@@ -347,13 +363,10 @@ fn items_come_newest_stored_first_across_expunges() {
 
 #[test]
 fn corrupt_slot_is_detected_and_repaired() {
-    let mut b = page(4096, 89);
+    let mut b = ten_entry_page();
     let mut p = Page::new(&mut b);
-    for i in 0..10 {
-        put(&mut p, &format!("key{i}"), "value", 5);
-    }
     // Point one slot far outside the item area.
-    let victim = (0..89).find(|&i| p.slot(i) > 1).unwrap();
+    let victim = first_used_slot(&p);
     let m = p.slot_meta(victim);
     p.set_slot(victim, 4000, m);
     assert!(p.validate(&hash_ok).is_err());
@@ -451,12 +464,9 @@ fn probes_pass_slots_of_other_tags_without_reading_their_items() {
 
 #[test]
 fn a_wrong_tag_fails_validation_and_repair_restores_it() {
-    let mut b = page(4096, 89);
+    let mut b = ten_entry_page();
     let mut p = Page::new(&mut b);
-    for i in 0..10 {
-        put(&mut p, &format!("key{i}"), "value", 5);
-    }
-    let victim = (0..89).find(|&i| p.slot(i) > 1).unwrap();
+    let victim = first_used_slot(&p);
     let m = p.slot_meta(victim);
     p.set_slot_meta(victim, m ^ (1 << 24));
     let err = p.validate(&hash_ok).unwrap_err();
