@@ -626,6 +626,23 @@ impl Cache {
         self.with_page(true, |p| p.write(new, now, default_expire))
     }
 
+    /// What `set` does in the locked page: makes room by an LRU expunge if the entry would
+    /// not fit (its evicted entries are not kept: a write-back cache, which needs them, calls
+    /// `expunge` then `write`), then stores it. One pass over the page when it fits.
+    pub fn store(&mut self, new: &NewItem<'_>) -> Result<Stored> {
+        let now = time::now();
+        let default_expire = self.params.expire_time;
+        if let Some(stored) = self.with_page(true, |p| p.write_if_room(new, now, default_expire))? {
+            return Ok(stored);
+        }
+        self.expunge(
+            page::EXPUNGE_LRU,
+            false,
+            (new.key.len() + new.val.len()) as i64,
+        )?;
+        self.write(new)
+    }
+
     /// Deletes a key from the locked page, returning the deleted entry's flags.
     pub fn delete(&mut self, slot_hash: u32, key: &[u8]) -> Result<Option<u32>> {
         self.with_page(true, |p| p.delete(slot_hash, key))
@@ -798,6 +815,10 @@ mod tests {
     use crate::page::FLAG_ISDIRTY;
     use std::os::unix::ffi::OsStrExt;
 
+    /// Held by the tests that set the process-wide clock override, which the test harness's
+    /// threads share.
+    static CLOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("fmtest-cache-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -848,6 +869,47 @@ mod tests {
             .then(|| unsafe { std::slice::from_raw_parts(c.value_ptr(&r), r.val_len) }.to_vec());
         c.unlock();
         v
+    }
+
+    /// `store` (set's one-call path) leaves every page exactly as `expunge` + `write` does,
+    /// through many expunges of small pages.
+    #[test]
+    fn store_matches_expunge_then_write() {
+        // One fixed second: LRU ties, stored times and access times all agree.
+        let _clock = CLOCK.lock().unwrap_or_else(|e| e.into_inner());
+        time::set_override(1_700_000_000);
+        let (d1, d2) = (tmpdir("store-a"), tmpdir("store-b"));
+        let (mut a, mut b) = (open(&d1, 3, 4096), open(&d2, 3, 4096));
+        for i in 0..3000u32 {
+            let k = format!("key{}", i % 700);
+            let v = vec![b'v'; (i % 37 * 7) as usize];
+            let (p, s) = a.hash(k.as_bytes());
+            let item = new_item(s, &k, &v);
+            a.lock(p).unwrap();
+            let ra = a.store(&item).unwrap();
+            a.unlock();
+            b.lock(p).unwrap();
+            b.expunge(2, false, (k.len() + v.len()) as i64).unwrap();
+            let rb = b.write(&item).unwrap();
+            b.unlock();
+            assert_eq!(ra, rb, "set {i}");
+        }
+        for p in 0..3 {
+            let size = 4096;
+            let fa = a.file.as_ref().unwrap();
+            let fb = b.file.as_ref().unwrap();
+            // SAFETY: both pages lie in live mappings nobody else writes.
+            let (pa, pb) = unsafe {
+                (
+                    std::slice::from_raw_parts(fa.page_ptr(p), size),
+                    std::slice::from_raw_parts(fb.page_ptr(p), size),
+                )
+            };
+            assert!(pa == pb, "page {p} differs");
+        }
+        time::set_override(0);
+        let _ = std::fs::remove_dir_all(d1);
+        let _ = std::fs::remove_dir_all(d2);
     }
 
     #[test]
@@ -1002,7 +1064,9 @@ mod tests {
         };
         let r = open_at(&path);
         let (mut confirmed, mut refused) = (0u64, 0u64);
+        let clock = CLOCK.lock().unwrap_or_else(|e| e.into_inner());
         time::set_override(0);
+        drop(clock);
         while !stop.load(Ordering::Relaxed) {
             for k in 0..7 {
                 let k = format!("k{k}");

@@ -403,6 +403,40 @@ pub unsafe extern "C" fn fc_write(
     })
 }
 
+/// What `set` does in the locked page of a cache without write-back: expunges the least
+/// recently used entries first if the value would not fit, then stores it (no modseq).
+/// `*stored` as for `fc_write`. The same as `fc_expunge(c, 2, 0, key_len + val_len, ..)`
+/// then `fc_write`, in one pass when the value fits.
+///
+/// # Safety
+/// As [`fc_write`].
+#[no_mangle]
+pub unsafe extern "C" fn fc_store(
+    c: *mut FcCache,
+    slot_hash: u32,
+    key: *const u8,
+    key_len: usize,
+    val: *const u8,
+    val_len: usize,
+    expire_on: u32,
+    flags: u32,
+    stored: *mut i32,
+) -> c_int {
+    let (k, v) = (bytes(key, key_len), bytes(val, val_len));
+    call(c, |cache| {
+        let r = cache.store(&NewItem {
+            slot_hash,
+            key: k,
+            val: v,
+            expire_on,
+            flags: flags & !(FC_TOMBSTONE | FC_HASMODSEQ),
+            modseq: None,
+        })?;
+        put(stored, r.code());
+        Ok(())
+    })
+}
+
 /// Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
 /// over a newer modseq) or 0 (no room). `flags` may carry FC_UTF8KEY.
 ///

@@ -1339,6 +1339,27 @@ set(self, ...)
     key = ST(1);
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
+    if (!wb_self && !x->ser && !x->comp && FCX_PLAIN(ST(2))) {
+        /* A plain raw value and no callback: no Perl code can run from here
+         * to the unlock, so no guard is needed, and fc_store makes room and
+         * stores in one call. */
+        dXSTARG;
+        STRLEN vlen;
+        const char *v = SvPV_nomg(ST(2), vlen);
+        flags = x->dirty | (SvUTF8(ST(2)) ? FCX_UTF8VAL : 0);
+        k = SvPV_nomg(key, klen);
+        if (SvUTF8(key))
+            flags |= FCX_UTF8KEY;
+        slot = fcx_lock_key(aTHX_ x, k, klen);
+        if (fc_store(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen, expire_on,
+                     flags, &result) != 0)
+            fcx_fail_unlock(aTHX_ x->c);
+        fc_unlock(x->c);
+        fcx_warnings(aTHX_ x->c);
+        sv_setiv(TARG, result == 1 ? 1 : 0);
+        ST(0) = TARG;
+        XSRETURN(1);
+    }
     FCX_GUARD_BEGIN(x);
     /* The value into bytes before locking: serializer, compressor, FETCH and
      * overloading run now, and a die from them holds no lock. */

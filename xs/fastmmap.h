@@ -357,6 +357,25 @@ int fc_write(struct FcCache *c,
              int32_t *stored);
 
 /**
+ * What `set` does in the locked page of a cache without write-back: expunges the least
+ * recently used entries first if the value would not fit, then stores it (no modseq).
+ * `*stored` as for `fc_write`. The same as `fc_expunge(c, 2, 0, key_len + val_len, ..)`
+ * then `fc_write`, in one pass when the value fits.
+ *
+ * # Safety
+ * As [`fc_write`].
+ */
+int fc_store(struct FcCache *c,
+             uint32_t slot_hash,
+             const uint8_t *key,
+             size_t key_len,
+             const uint8_t *val,
+             size_t val_len,
+             uint32_t expire_on,
+             uint32_t flags,
+             int32_t *stored);
+
+/**
  * Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
  * over a newer modseq) or 0 (no room). `flags` may carry FC_UTF8KEY.
  *

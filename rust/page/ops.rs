@@ -107,6 +107,31 @@ impl Page<'_> {
         default_expire: u32,
     ) -> PageResult<Stored> {
         self.check_header()?;
+        self.write_checked(new, now, default_expire)
+    }
+
+    /// [`Page::write`] when there is room for the entry without an expunge (see
+    /// `plan_expunge`), else `None` and nothing changed: `set`'s common case in one pass.
+    pub fn write_if_room(
+        &mut self,
+        new: &NewItem<'_>,
+        now: u32,
+        default_expire: u32,
+    ) -> PageResult<Option<Stored>> {
+        self.check_header()?;
+        if !self.has_room((new.key.len() + new.val.len()) as u64) {
+            return Ok(None);
+        }
+        self.write_checked(new, now, default_expire).map(Some)
+    }
+
+    /// [`Page::write`] after `check_header` passed.
+    fn write_checked(
+        &mut self,
+        new: &NewItem<'_>,
+        now: u32,
+        default_expire: u32,
+    ) -> PageResult<Stored> {
         let mut flags = new.flags & !FLAG_HASMODSEQ;
         let tombstone = flags & FLAG_TOMBSTONE != 0;
         let val: &[u8] = if tombstone { &[] } else { new.val };
