@@ -117,11 +117,7 @@ unsafe fn peek_item(
     if key.len() + raw_val_len > free_data - key_off {
         return Some(None);
     }
-    let same = key
-        .iter()
-        .enumerate()
-        .all(|(j, &b)| std::ptr::read_volatile(base.add(key_off + j)) == b);
-    if !same {
+    if !same_bytes(base.add(key_off), key) {
         return None;
     }
     let flags = rd(off + I_FLAGS);
@@ -154,6 +150,29 @@ unsafe fn peek_item(
         modseq,
     };
     Some(Some((out, stored_on)))
+}
+
+/// Do the bytes at `at` equal `want`? Read with volatile loads (the bytes may be changing:
+/// a wrong answer is caught by the caller's sequence check), four at a time.
+///
+/// # Safety
+/// `at` is 4-byte aligned and `want.len()` bytes from it are readable.
+#[inline]
+unsafe fn same_bytes(at: *const u8, want: &[u8]) -> bool {
+    let mut chunks = want.chunks_exact(4);
+    let mut p = at;
+    for c in &mut chunks {
+        let got = std::ptr::read_volatile(p as *const u32);
+        if got != u32::from_ne_bytes([c[0], c[1], c[2], c[3]]) {
+            return false;
+        }
+        p = p.add(4);
+    }
+    chunks
+        .remainder()
+        .iter()
+        .enumerate()
+        .all(|(j, &b)| std::ptr::read_volatile(p.add(j)) == b)
 }
 
 /// Applies a [`Touch`] without the page lock: one compare-and-swap of the whole slot entry,
