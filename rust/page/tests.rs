@@ -514,3 +514,81 @@ fn access_times_survive_expunge_and_order_lru_eviction() {
         assert_eq!(n % 2, 0, "{k} evicted before an older key");
     }
 }
+
+/// A value that carries its own checksum: its first 4 bytes are the sum of the rest.
+fn checked_value(i: u32) -> Vec<u8> {
+    let body: Vec<u8> = (0..(i % 150) + 4)
+        .map(|j| (i.wrapping_mul(7) + j) as u8)
+        .collect();
+    let sum: u32 = body.iter().map(|&b| u32::from(b)).sum();
+    let mut v = sum.to_ne_bytes().to_vec();
+    v.extend_from_slice(&body);
+    v
+}
+
+/// Lock-free touches racing a writer that keeps expunging (rebuilding, growing the slot
+/// table) and storing never change an offset, a tag or an item byte. The reader here is
+/// harsher than the real one: it touches whatever it finds, without waiting for the view to
+/// be confirmed by the change counter.
+#[test]
+fn touches_racing_rebuilds_never_change_an_item() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const SIZE: usize = 8192;
+    let mut buf = vec![0u64; SIZE / 8]; // 8-byte aligned, as pages in the file are
+    let base = buf.as_mut_ptr() as *mut u8;
+    // SAFETY (here and below): `buf` outlives both threads; the bytes are shared the way a
+    // page of the file is shared by a locked writer and lock-free readers.
+    Page::new(unsafe { std::slice::from_raw_parts_mut(base, SIZE) }).init(89);
+    let addr = base as usize;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let base = addr as *mut u8;
+            let (mut now, mut touched) = (2_000_000u32, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                for k in 0..40 {
+                    let key = format!("k{k}");
+                    let found =
+                        unsafe { peek(base, SIZE, sh(key.as_bytes()), key.as_bytes(), now) };
+                    if let Some((_, Some(t))) = found {
+                        unsafe { touch(base, SIZE, &t) };
+                        touched += 1;
+                    }
+                }
+                now += 1;
+            }
+            touched
+        })
+    };
+    for i in 0..300_000u32 {
+        let mut p = Page::new(unsafe { std::slice::from_raw_parts_mut(base, SIZE) });
+        let key = format!("k{}", i % 40);
+        let val = checked_value(i);
+        let now = 1_000_000 + i / 10;
+        let len = (key.len() + val.len()) as i64;
+        if let Some(plan) = p.plan_expunge(EXPUNGE_LRU, len, now).unwrap() {
+            p.apply_expunge(&plan);
+        }
+        p.write(&item(sh(key.as_bytes()), key.as_bytes(), &val), now, 0)
+            .unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let touched = reader.join().unwrap();
+    assert!(touched > 0, "the reader never touched anything");
+    eprintln!("{touched} lock-free touches raced the writer");
+    let p = Page::new(unsafe { std::slice::from_raw_parts_mut(base, SIZE) });
+    p.validate(&hash_ok).unwrap();
+    let items = p.items().unwrap();
+    assert!(!items.is_empty());
+    for it in &items {
+        let v = p.value(it);
+        let sum = u32::from_ne_bytes(v[..4].try_into().unwrap());
+        assert_eq!(
+            sum,
+            v[4..].iter().map(|&b| u32::from(b)).sum::<u32>(),
+            "item changed"
+        );
+    }
+    drop(buf);
+}
