@@ -26,7 +26,11 @@ my %opt = (runs => 10, rounds => 6, sets => 20_000);
 Getopt::Long::GetOptions(\%opt, 'runs=i', 'rounds=i', 'sets=i', 'child=s')
     or die "usage: $0 [--runs=N] [--rounds=N] [--sets=N]\n";
 
+# [options, shortest value, longest value, upstream-style values and prefill]
 my %workloads = (
+    # Upstream's memory test's cache: 10,000 entries first, then values of
+    # 2..21 bytes, 20% of them utf8 and 20% undef.
+    'upstream-shaped'         => [[num_pages => 17, page_size => '64k', raw_values => 1], 2, 21, 10_000],
     'small pages, raw values' => [[num_pages => 17, page_size => '8k', raw_values => 1], 2, 16],
     '1m cache, raw values'    => [[cache_size => '1m', raw_values => 1], 20, 200],
     '1m cache, Storable'      => [[cache_size => '1m'], 20, 200],
@@ -42,7 +46,7 @@ sub vmsize_kb {
 
 if (defined $opt{child}) {
     my $w = $workloads{ $opt{child} } or die "unknown workload '$opt{child}'\n";
-    my ($opts, $lo, $hi) = @$w;
+    my ($opts, $lo, $hi, $prefill) = @$w;
     require Cache::FastMmap;
     my $dir = File::Temp::tempdir(CLEANUP => 1);
     my $writes = 0;
@@ -57,12 +61,15 @@ if (defined $opt{child}) {
     );
     my $seed = 12345;
     my ($n, @growth) = (0);
+    $c->set("pre$_", 'p' x 20) for 1 .. ($prefill || 0);
     my $before = vmsize_kb();
     for (1 .. $opt{rounds}) {
         for (1 .. $opt{sets}) {
             $seed = ($seed * 1103515245 + 12345) % 2147483648;
             $n++;
-            $c->set("key$n", 'v' x ($lo + $seed % ($hi - $lo + 1)));
+            my $v = 'v' x ($lo + $seed % ($hi - $lo + 1));
+            $v = $n % 10 < 6 ? $v : $n % 10 < 8 ? "\x{263A}$v" : undef if $prefill;
+            $c->set("key$n", $v);
         }
         my $after = vmsize_kb();
         push @growth, $after - $before;

@@ -82,17 +82,27 @@ fn parse_u32(name: &str, value: &[u8]) -> Result<u32> {
     digits.parse::<u32>().map_err(|_| bad())
 }
 
-/// One entry copied out of the cache (by an expunge or a key listing).
+/// One entry copied out of the cache (by an expunge or a key listing). Its key and value
+/// bytes lie next to each other in the batch's buffer, the value right after the key.
 #[derive(Debug, Clone, Copy)]
 pub struct ItemRec {
     key_off: usize,
-    key_len: usize,
-    val_off: usize,
-    val_len: usize,
+    key_len: u32,
+    val_len: u32,
     pub last_access: u32,
     pub expire_on: u32,
+    /// With `page::FLAG_HASMODSEQ` when the entry has a modseq.
     pub flags: u32,
-    pub modseq: Option<u64>,
+    modseq: u64,
+}
+
+// A batch can hold every entry of the cache: keep the records small.
+const _: () = assert!(std::mem::size_of::<ItemRec>() <= 40);
+
+impl ItemRec {
+    pub fn modseq(&self) -> Option<u64> {
+        (self.flags & page::FLAG_HASMODSEQ != 0).then_some(self.modseq)
+    }
 }
 
 /// A borrowed view of an [`ItemRec`] with its bytes.
@@ -102,7 +112,20 @@ pub struct ItemView<'a> {
     pub rec: ItemRec,
 }
 
-/// Entries handed to the caller in one batch; reused between calls.
+/// Which of the entries an expunge evicts it copies out for the caller (`Cache::item`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// None: nobody is told (no write-back).
+    Forget,
+    /// Every evicted entry but tombstones, with its value.
+    All,
+    /// Only the dirty ones (tombstones never are): what a write-back hands to `write_cb`.
+    Dirty,
+}
+
+/// Entries handed to the caller in one batch; reused between calls (the buffers keep their
+/// capacity). Its size is what the caller asked for: an expunge of a write-back cache copies
+/// only the dirty entries it evicts, and one without write-back copies nothing.
 #[derive(Default)]
 struct ItemBuf {
     data: Vec<u8>,
@@ -120,17 +143,16 @@ impl ItemBuf {
         let val: &[u8] = if with_value { page.value(it) } else { &[] };
         let key_off = self.data.len();
         self.data.extend_from_slice(key);
-        let val_off = self.data.len();
         self.data.extend_from_slice(val);
         self.recs.push(ItemRec {
             key_off,
-            key_len: key.len(),
-            val_off,
-            val_len: val.len(),
+            // Both lie inside one page, whose size is a u32.
+            key_len: key.len() as u32,
+            val_len: val.len() as u32,
             last_access: it.last_access,
             expire_on: it.expire_on,
             flags: it.flags,
-            modseq: page.modseq(it),
+            modseq: page.modseq(it).unwrap_or(0),
         });
     }
 }
@@ -637,7 +659,7 @@ impl Cache {
         }
         self.expunge(
             page::EXPUNGE_LRU,
-            false,
+            Evicted::Forget,
             (new.key.len() + new.val.len()) as i64,
         )?;
         self.write(new)
@@ -648,9 +670,9 @@ impl Cache {
         self.with_page(true, |p| p.delete(slot_hash, key))
     }
 
-    /// Expunges the locked page (see [`Page::plan_expunge`]). With `wb`, the evicted entries
-    /// (tombstones excepted) are copied out first; returns how many, readable with `item`.
-    pub fn expunge(&mut self, mode: i32, wb: bool, len: i64) -> Result<usize> {
+    /// Expunges the locked page (see [`Page::plan_expunge`]). The evicted entries that
+    /// `copy` selects are copied out first; returns how many, readable with `item`.
+    pub fn expunge(&mut self, mode: i32, copy: Evicted, len: i64) -> Result<usize> {
         self.items.clear();
         let now = time::now();
         let plan: Option<ExpungePlan> =
@@ -663,8 +685,19 @@ impl Cache {
             return Ok(0);
         };
         let mut page = page_at(file, n);
-        if wb {
-            for it in plan.evict.iter().filter(|it| !it.is_tombstone()) {
+        let wanted = |it: &&Item| match copy {
+            Evicted::Forget => false,
+            Evicted::All => !it.is_tombstone(),
+            Evicted::Dirty => !it.is_tombstone() && it.flags & page::FLAG_ISDIRTY != 0,
+        };
+        if copy != Evicted::Forget {
+            // Sized once: no doubling of the buffers while copying.
+            let (count, bytes) = plan.evict.iter().filter(wanted).fold((0, 0), |(c, b), it| {
+                (c + 1, b + page.key(it).len() + page.value(it).len())
+            });
+            self.items.recs.reserve_exact(count);
+            self.items.data.reserve_exact(bytes);
+            for it in plan.evict.iter().filter(wanted) {
                 self.items.push(&page, it, true);
             }
         }
@@ -716,9 +749,10 @@ impl Cache {
     /// Entry `i` of the last `expunge` / `collect_keys` batch.
     pub fn item(&self, i: usize) -> Option<ItemView<'_>> {
         let rec = *self.items.recs.get(i)?;
+        let val_off = rec.key_off + rec.key_len as usize;
         Some(ItemView {
-            key: &self.items.data[rec.key_off..rec.key_off + rec.key_len],
-            val: &self.items.data[rec.val_off..rec.val_off + rec.val_len],
+            key: &self.items.data[rec.key_off..val_off],
+            val: &self.items.data[val_off..val_off + rec.val_len as usize],
             rec,
         })
     }
@@ -853,7 +887,8 @@ mod tests {
     fn set(c: &mut Cache, k: &str, v: &str) -> Stored {
         let (p, s) = c.hash(k.as_bytes());
         c.lock(p).unwrap();
-        c.expunge(2, false, (k.len() + v.len()) as i64).unwrap();
+        c.expunge(2, Evicted::Forget, (k.len() + v.len()) as i64)
+            .unwrap();
         let r = c.write(&new_item(s, k, v.as_bytes())).unwrap();
         c.unlock();
         r
@@ -889,7 +924,8 @@ mod tests {
             let ra = a.store(&item).unwrap();
             a.unlock();
             b.lock(p).unwrap();
-            b.expunge(2, false, (k.len() + v.len()) as i64).unwrap();
+            b.expunge(2, Evicted::Forget, (k.len() + v.len()) as i64)
+                .unwrap();
             let rb = b.write(&item).unwrap();
             b.unlock();
             assert_eq!(ra, rb, "set {i}");
@@ -958,7 +994,7 @@ mod tests {
             let k = format!("key{i}");
             let (p, s) = c.hash(k.as_bytes());
             c.lock(p).unwrap();
-            evicted += c.expunge(2, true, 60).unwrap();
+            evicted += c.expunge(2, Evicted::All, 60).unwrap();
             assert_eq!(c.write(&new_item(s, &k, &[b'v'; 50])).unwrap(), Stored::Yes);
             c.unlock();
         }
@@ -1047,7 +1083,7 @@ mod tests {
                     let k = format!("k{}", i % 7);
                     let (pg, s) = w.hash(k.as_bytes());
                     w.lock(pg).unwrap();
-                    w.expunge(2, false, 300).unwrap();
+                    w.expunge(2, Evicted::Forget, 300).unwrap();
                     w.write(&NewItem {
                         slot_hash: s,
                         key: k.as_bytes(),

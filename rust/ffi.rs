@@ -6,8 +6,8 @@
 //! under `catch_unwind` and a panic becomes an error ("internal error: ...").
 
 use crate::cache::{
-    Cache, NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8KEY,
-    FLAG_UTF8VAL,
+    Cache, Evicted, NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF,
+    FLAG_UTF8KEY, FLAG_UTF8VAL,
 };
 use crate::time;
 use std::ffi::{c_char, c_int, CString};
@@ -494,7 +494,8 @@ pub unsafe extern "C" fn fc_delete(
 
 /// Expunges the locked page: mode 0 expired entries, 1 everything, 2 also least recently
 /// used. `len` >= 0 is the size of an item about to be written (no expunge when it fits and
-/// slots are plentiful). With `wb`, the evicted entries are kept for `fc_item`; their count
+/// slots are plentiful). `wb` selects the evicted entries kept for `fc_item`: 0 none, 2 only
+/// the dirty ones (a write-back), any other value all of them but tombstones. Their count
 /// goes to `*n_items`.
 ///
 /// # Safety
@@ -508,7 +509,12 @@ pub unsafe extern "C" fn fc_expunge(
     n_items: *mut usize,
 ) -> c_int {
     call(c, |cache| {
-        let n = cache.expunge(mode, wb != 0, len)?;
+        let copy = match wb {
+            0 => Evicted::Forget,
+            2 => Evicted::Dirty,
+            _ => Evicted::All,
+        };
+        let n = cache.expunge(mode, copy, len)?;
         put(n_items, n);
         Ok(())
     })
@@ -555,8 +561,8 @@ pub unsafe extern "C" fn fc_item(c: *const FcCache, index: usize, out: *mut FcIt
             last_access: it.rec.last_access,
             expire_on: it.rec.expire_on,
             flags: it.rec.flags,
-            has_modseq: u32::from(it.rec.modseq.is_some()),
-            modseq: it.rec.modseq.unwrap_or(0),
+            has_modseq: u32::from(it.rec.modseq().is_some()),
+            modseq: it.rec.modseq().unwrap_or(0),
         },
     );
     0

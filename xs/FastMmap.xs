@@ -601,44 +601,76 @@ fcx_expire_on(pTHX_ SV *spec, U32 base)
     return (U32)(n * unit + base);
 }
 
+/* Dirty entries handed to Perl's _write_back_dirty per call.  The batch an
+ * expunge evicts can hold a page's worth of entries (hundreds); made into
+ * Perl values all at once it would grow the process by the SVs of the
+ * largest batch ever seen (Perl keeps SV memory for reuse).  In chunks the
+ * SVs of one chunk are alive at a time, and the next chunk reuses them. */
+#define FCX_WB_CHUNK 32
+
+/* Hands the n entries of the handle's last fc_expunge batch (taken with wb
+ * mode 2: dirty entries only) to $self->_write_back_dirty, FCX_WB_CHUNK at a
+ * time, each chunk a flat (key, value, expire_on) list.  Each chunk's values
+ * are copied from fc_item after the previous chunk's Perl code ran: no
+ * pointer into the engine's buffer is kept across a call into Perl.  A batch
+ * that is gone meanwhile (Perl code expunged through the same handle) ends
+ * the loop.  The caller holds the page lock and is inside a guard of x; a
+ * die from Perl (the deserializer: write_cb's own are swallowed there)
+ * propagates, and the rest of the batch is not written back, as upstream. */
+static void
+fcx_write_back(pTHX_ FcxHandle *x, SV *self, size_t n)
+{
+    size_t i = 0, j;
+    FcItem it;
+    AV *chunk;
+    SV *ref;
+
+    if (!n)
+        return;
+    chunk = newAV();
+    ref = sv_2mortal(newRV_noinc((SV *)chunk));   /* owns chunk */
+    av_extend(chunk, 3 * FCX_WB_CHUNK - 1);
+    while (i < n) {
+        for (j = 0; j < FCX_WB_CHUNK && i < n; j++, i++) {
+            if (fc_item(x->c, i, &it) != 0) {
+                n = i;
+                break;
+            }
+            av_push(chunk, fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0));
+            av_push(chunk, fcx_value(aTHX_ it.val, it.val_len, it.flags));
+            av_push(chunk, newSVuv((UV)it.expire_on));
+        }
+        if (av_len(chunk) < 0)
+            break;
+        {
+            dSP;
+            PUSHMARK(SP);
+            EXTEND(SP, 2);
+            PUSHs(self);
+            PUSHs(ref);
+            PUTBACK;
+            (void)call_pv("Cache::FastMmap::_write_back_dirty", G_VOID | G_DISCARD);
+        }
+        FCX_CHECK_OPEN(x);
+        av_clear(chunk);
+    }
+}
+
 /* Makes room in the locked page for len more bytes, as upstream's set does.
  * With wb_self (a write-back cache's object, with a write_cb), the dirty
  * entries it evicts go to the Perl layer's write_cb while the page is
  * locked, as upstream; the caller is inside a guard with unlock_on_unwind
- * set.  Without it no Perl code runs.  Croaks (unlocking) on an engine
- * error. */
+ * set.  Without it no Perl code runs (and the engine copies nothing out).
+ * Croaks (unlocking) on an engine error. */
 static void
 fcx_make_room(pTHX_ FcxHandle *x, SV *wb_self, int64_t len)
 {
-    size_t n = 0, i;
-    FcItem it;
-    AV *dirty;
+    size_t n = 0;
 
-    if (fc_expunge(x->c, 2, wb_self ? 1 : 0, len, &n) != 0)
+    if (fc_expunge(x->c, 2, wb_self ? 2 : 0, len, &n) != 0)
         fcx_fail_unlock(aTHX_ x->c);
-    if (!wb_self || !n)
-        return;
-    /* The same flat (key, value, expire_on) list as fc_expunge's mode 2. */
-    dirty = (AV *)sv_2mortal((SV *)newAV());
-    for (i = 0; i < n; i++) {
-        if (fc_item(x->c, i, &it) != 0)
-            fcx_fail_unlock(aTHX_ x->c);
-        if (!(it.flags & FCX_TOMBSTONE) && (it.flags & (U32)FC_ISDIRTY)) {
-            av_push(dirty, fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0));
-            av_push(dirty, fcx_value(aTHX_ it.val, it.val_len, it.flags));
-            av_push(dirty, newSVuv((UV)it.expire_on));
-        }
-    }
-    if (av_len(dirty) >= 0) {
-        dSP;
-        PUSHMARK(SP);
-        EXTEND(SP, 2);
-        PUSHs(wb_self);
-        PUSHs(sv_2mortal(newRV_inc((SV *)dirty)));
-        PUTBACK;
-        (void)call_pv("Cache::FastMmap::_write_back_dirty", G_VOID | G_DISCARD);
-        FCX_CHECK_OPEN(x);
-    }
+    if (wb_self)
+        fcx_write_back(aTHX_ x, wb_self, n);
 }
 
 /* Stores key => value bytes in the locked page, making room first (see
@@ -1034,33 +1066,34 @@ fc_delete(obj, slot, key)
     mPUSHu(did ? (UV)(fl & ~FCX_STRIP_READ) : 0);
 
 void
-fc_expunge(obj, mode, wb, len)
+fc_expunge(obj, mode, wb, len, self = NULL)
     SV *obj
     IV mode
     IV wb
     IV len
+    SV *self
   PREINIT:
     size_t n = 0, i;
     FcItem it;
     int rc;
+    FcxHandle *x;
     FcCache *h;
   PPCODE:
-    h = fcx_handle(aTHX_ obj);
-    rc = fc_expunge(h, (int32_t)mode, wb ? 1 : 0, (int64_t)len, &n);
+    /* wb 2 is the Perl layer's write-back: the engine keeps only the dirty
+     * entries, and they go to $self->_write_back_dirty in chunks (see
+     * fcx_write_back) while the caller's scoped lock holds the page.  It
+     * returns nothing. */
+    if (wb == 2 && !self)
+        croak("%s", "fc_expunge: write-back (wb 2) needs the cache object");
+    x = fcx_xhandle(aTHX_ obj);
+    h = x->c;
+    rc = fc_expunge(h, (int32_t)mode, (int32_t)(wb == 2 ? 2 : wb ? 1 : 0), (int64_t)len, &n);
     if (rc != 0)
         fcx_done(aTHX_ h, rc);
-    if (wb == 2 && n) {
-        /* The Perl layer's write-back: only the dirty entries, as a flat
-         * (key, value, expire_on) list -- no hash per evicted entry. */
-        for (i = 0; i < n; i++) {
-            FCX_CHECK(h, fc_item(h, i, &it));
-            if ((it.flags & FCX_TOMBSTONE) || !(it.flags & (U32)FC_ISDIRTY))
-                continue;
-            EXTEND(SP, 3);
-            PUSHs(sv_2mortal(fcx_bytes(aTHX_ it.key, it.key_len, (it.flags & FCX_UTF8KEY) ? 1 : 0)));
-            PUSHs(sv_2mortal(fcx_value(aTHX_ it.val, it.val_len, it.flags)));
-            mPUSHu((UV)it.expire_on);
-        }
+    if (wb == 2) {
+        FCX_GUARD_BEGIN(x);
+        fcx_write_back(aTHX_ x, self, n);
+        FCX_GUARD_END();
     }
     else if (wb && n) {
         EXTEND(SP, (SSize_t)n);

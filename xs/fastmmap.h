@@ -409,7 +409,8 @@ int fc_delete(struct FcCache *c,
 /**
  * Expunges the locked page: mode 0 expired entries, 1 everything, 2 also least recently
  * used. `len` >= 0 is the size of an item about to be written (no expunge when it fits and
- * slots are plentiful). With `wb`, the evicted entries are kept for `fc_item`; their count
+ * slots are plentiful). `wb` selects the evicted entries kept for `fc_item`: 0 none, 2 only
+ * the dirty ones (a write-back), any other value all of them but tombstones. Their count
  * goes to `*n_items`.
  *
  * # Safety

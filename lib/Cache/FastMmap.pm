@@ -874,13 +874,15 @@ sub _expunge_page {
 
   return fc_expunge($Self->{Cache}, $Mode, 0, $Len) unless $write_cb;
 
-  # Mode 2 of the XS: only the dirty entries, as (key, value, expire_on).
-  $Self->_write_back_dirty([ fc_expunge($Self->{Cache}, $Mode, 2, $Len) ]);
+  # wb 2 of the XS: the engine keeps only the dirty entries, and hands them
+  # to _write_back_dirty below a few at a time.
+  fc_expunge($Self->{Cache}, $Mode, 2, $Len, $Self);
   return;
 }
 
-# Hands the dirty entries an expunge removed, a flat (key, value, expire_on)
-# list, to write_cb (also called by the XS set of a write-back cache).  The
+# Hands dirty entries an expunge removed, a flat (key, value, expire_on) list
+# of a few of them (the XS calls it once per chunk of the batch, from
+# fc_expunge and from the XS set of a write-back cache), to write_cb.  The
 # page is still locked, as upstream; a die from write_cb is ignored, as
 # upstream.
 sub _write_back_dirty {
