@@ -694,6 +694,15 @@ fcx_store_wb(pTHX_ FcxHandle *x, SV *wb_self, const char *k, STRLEN klen, int ku
         /* Like the reference: undef is not recorded with the key's flag. */
         flags = (flags & ~FCX_UTF8VAL) | FCX_UNDEF;
     }
+    if (!wb_self) {
+        /* Nobody to tell about evictions: room and store in one call. */
+        if (bytes)
+            v = SvPV_nomg(bytes, vlen);
+        if (fc_store(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen, expire_on,
+                     flags, &result) != 0)
+            fcx_fail_unlock(aTHX_ x->c);
+        return result;
+    }
     fcx_make_room(aTHX_ x, wb_self, (int64_t)(klen + vlen));
     /* The PV is taken only now: write_cb above may have run Perl code, and
      * bytes is a private copy or a plain value no Perl code was given. */
