@@ -4,7 +4,8 @@
 //! but not the lock. When the child releases that state it must not touch the page's
 //! marker or version words, which belong to the parent's ongoing change. A private page
 //! with `MADV_WIPEONFORK` reads as zero in every child: a cheap memory read instead of a
-//! `getpid` system call per change (used as the fallback where the kernel lacks it).
+//! `getpid` system call per change. Where the kernel or the system lacks it (see
+//! `platform::wipe_on_fork`), the token records the process id instead.
 
 use std::cell::Cell;
 use std::ptr::{null_mut, read_volatile, write_volatile};
@@ -35,7 +36,7 @@ impl ForkToken {
             );
             if p == libc::MAP_FAILED {
                 null_mut()
-            } else if libc::madvise(p, 4096, libc::MADV_WIPEONFORK) != 0 {
+            } else if !crate::platform::wipe_on_fork(p, 4096) {
                 libc::munmap(p, 4096);
                 null_mut()
             } else {
