@@ -50,6 +50,8 @@ use std::time::{Duration, Instant};
 
 /// The backend's name, as `Cache::FastMmap::_lock_backend` reports it.
 pub const NAME: &str = "fcntl";
+/// [`NAME`] for C.
+pub const NAME_C: &std::ffi::CStr = c"fcntl";
 /// Lock kind recorded in the file header (the robust backend's is 2).
 pub const KIND: u32 = 3;
 /// Recorded next to the kind: nothing of the entry's layout depends on the platform here.

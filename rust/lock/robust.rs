@@ -75,6 +75,8 @@ pub const MUTEX_SIZE: u32 = size_of::<libc::pthread_mutex_t>() as u32;
 
 /// The backend's name, as `Cache::FastMmap::_lock_backend` reports it.
 pub const NAME: &str = "robust-mutex";
+/// [`NAME`] for C.
+pub const NAME_C: &std::ffi::CStr = c"robust-mutex";
 /// Lock kind recorded in the file header: robust process-shared pthread mutexes of the
 /// plain kind, with holders' opener slots recorded (kind 1 was error-checking mutexes;
 /// kind 3 is the fcntl backend's).
