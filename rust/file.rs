@@ -983,6 +983,44 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// Rewrites the header of the file at `p` as the other lock backend writes it.
+    fn as_other_backend(p: &Path) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let mut h = [0u8; HEADER_FIELDS + 8];
+        f.read_exact_at(&mut h, 0).unwrap();
+        let other: u32 = if lock::KIND == 2 { 3 } else { 2 };
+        h[LOCK_KIND_AT..LOCK_KIND_AT + 4].copy_from_slice(&other.to_ne_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&h[..HEADER_FIELDS]);
+        h[HEADER_FIELDS..].copy_from_slice(&sum.to_ne_bytes());
+        f.write_all_at(&h, 0).unwrap();
+        // (Leaked, not closed: with the fcntl backend closing a second descriptor of the
+        // file would drop this process's locks on it, which the test relies on.)
+        std::mem::forget(f);
+    }
+
+    #[test]
+    fn a_file_of_the_other_lock_backend_is_refused_while_in_use() {
+        let d = tmpdir("backend");
+        let p = d.join("c");
+        let l = Layout::new(geo()).unwrap();
+        let a = MappedFile::open(&p, l, false, 0o600).unwrap();
+        as_other_backend(&p);
+        let err = MappedFile::open(&p, l, false, 0o600).err().unwrap();
+        assert!(err.message().contains("lock backend"), "{err}");
+        drop(a);
+        // Nobody has it open: replaced like a file of another geometry.
+        let b = MappedFile::open(&p, l, false, 0o600).unwrap();
+        let found = std::fs::read(&p).unwrap();
+        assert!(parse_header(&found, found.len() as u64).is_ok());
+        drop(b);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn a_file_truncated_while_open_is_replaced() {
         let d = tmpdir("trunc");

@@ -45,7 +45,7 @@ use std::mem::ManuallyDrop;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The backend's name, as `Cache::FastMmap::_lock_backend` reports it.
@@ -266,6 +266,7 @@ extern "C" fn after_fork_in_child() {
     // SAFETY: the mutex is held (before_fork) by this, the only, thread; no other thread
     // exists to use the condition variable, which is re-initialised because waiters of
     // the parent that are gone may still be counted in it.
+    PID.store(0, Ordering::Relaxed);
     unsafe {
         libc::pthread_cond_init(GLOBAL.cond.get(), std::ptr::null());
         let t = &mut *GLOBAL.table.get();
@@ -612,9 +613,20 @@ thread_local! {
     static HELD: RefCell<HeldList> = const { RefCell::new(HeldList(Vec::new())) };
 }
 
+/// This process's id, cached (a `getpid` is a system call: as dear as the lock itself);
+/// 0 until first asked, and again in a forked child (see `after_fork_in_child`).
+static PID: AtomicU32 = AtomicU32::new(0);
+
 fn getpid() -> u32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() as u32 }
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: getpid has no preconditions.
+            let pid = unsafe { libc::getpid() as u32 };
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
 }
 
 /// Does this thread already hold this lock (through this or another mapping of the file)?
