@@ -1,12 +1,21 @@
 //! Build script of the `fastmmap` crate.
 //!
-//! A normal build does nothing here (and does not even compile cbindgen).
+//! Every build picks the page-lock backend: `cfg(fastmmap_portable)` (the fcntl
+//! backend and the POSIX fallbacks of `rust/platform`) on every target but Linux, and on
+//! Linux when the `portable` feature is on (`FASTMMAP_PORTABLE=1 perl Makefile.PL`).
 //! With `--features gen-header` (`make header`, `make headercheck`) it runs
 //! cbindgen over rust/ffi.rs, the only module with `extern "C"` items, and
 //! writes the C header xs/fastmmap.h that the XS layer includes.
 
 fn main() {
     println!("cargo:rerun-if-changed=rust/build.rs");
+    println!("cargo:rustc-check-cfg=cfg(fastmmap_portable)");
+    // Cargo tells build scripts the target (not the host) and the enabled features.
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
+    let portable_feature = std::env::var_os("CARGO_FEATURE_PORTABLE").is_some();
+    if !linux || portable_feature {
+        println!("cargo:rustc-cfg=fastmmap_portable");
+    }
     #[cfg(feature = "gen-header")]
     header::generate();
 }

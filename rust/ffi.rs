@@ -607,6 +607,14 @@ pub extern "C" fn fc_now() -> u32 {
     time::now()
 }
 
+/// The page-lock backend this engine was built with: "robust-mutex" (Linux) or "fcntl"
+/// (other systems, and Linux built with FASTMMAP_PORTABLE=1). A static NUL-terminated
+/// string.
+#[no_mangle]
+pub extern "C" fn fc_lock_backend() -> *const c_char {
+    crate::lock::NAME_C.as_ptr()
+}
+
 /// How many pages this handle has found corrupt and repaired.
 ///
 /// # Safety

@@ -5,12 +5,17 @@
 //!
 //! Creation never exposes a half-made file: a new file is built and initialised under a
 //! temporary name in the same directory, then linked into place (or renamed over a file that
-//! must be replaced). Every process that has the file open holds a shared OFD lock on byte 0;
-//! whoever gets it exclusively knows nobody else maps the file and may re-initialise the lock
-//! words (stale after a reboot or a crash of every user).
+//! must be replaced). Every opener holds a shared lock on byte 0 (an OFD lock, or with the
+//! fcntl backend a classic lock per process plus its in-process bookkeeping: see
+//! `lock::ShareFile`); whoever gets it exclusively knows nobody else maps the file and may
+//! re-initialise the lock words (stale after a reboot or a crash of every user).
+//!
+//! Every descriptor of a share file is a [`ShareFile`]: with classic fcntl locks, closing
+//! any descriptor of a file drops all the locks its process holds on it, so the fcntl
+//! backend keeps one descriptor per file per process and hands it out again.
 
 use crate::error::{Error, Result};
-use crate::lock::{self, LOCK_STRIDE, MUTEX_SIZE};
+use crate::lock::{self, ShareFile, LOCK_STRIDE};
 use crate::page::Page;
 use crate::platform;
 use memmap2::{MmapOptions, MmapRaw};
@@ -30,9 +35,9 @@ const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
 /// version are replaced like any other mismatch.
 pub const FORMAT_VERSION: u32 = 3;
 pub const HEADER_SIZE: u64 = 4096;
-/// Lock kind recorded in the header: robust process-shared pthread mutexes of the plain
-/// kind, with holders' opener slots recorded (kind 1 was error-checking mutexes).
-const LOCK_KIND_ROBUST_MUTEX: u32 = 2;
+/// Header offset of the lock backend's kind (`lock::KIND`) and, after it, the lock table's
+/// stride and the backend's detail (`lock::KIND_DETAIL`).
+const LOCK_KIND_AT: usize = 28;
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the header covered by the checksum; the checksum follows them.
 pub const HEADER_FIELDS: usize = 72;
@@ -115,9 +120,9 @@ impl Layout {
         put(16, &g.page_size.to_ne_bytes());
         put(20, &g.num_pages.to_ne_bytes());
         put(24, &g.start_slots.to_ne_bytes());
-        put(28, &LOCK_KIND_ROBUST_MUTEX.to_ne_bytes());
+        put(LOCK_KIND_AT, &lock::KIND.to_ne_bytes());
         put(32, &(LOCK_STRIDE as u32).to_ne_bytes());
-        put(36, &MUTEX_SIZE.to_ne_bytes());
+        put(36, &lock::KIND_DETAIL.to_ne_bytes());
         put(40, &self.lock_table_off.to_ne_bytes());
         put(48, &self.pages_off.to_ne_bytes());
         put(56, &self.file_size.to_ne_bytes());
@@ -142,6 +147,25 @@ fn header_mismatch(layout: &Layout, found: &[u8]) -> Option<&'static str> {
         return Some("different format or geometry");
     }
     None
+}
+
+/// The lock backend named by a sound header (magic and checksum right) when it is not
+/// this build's: files of the two backends have lock table entries of different meaning.
+fn other_backend(found: &[u8]) -> Option<&'static str> {
+    if found.len() < HEADER_FIELDS + 8 || found[..8] != FILE_MAGIC {
+        return None;
+    }
+    let sum = xxhash_rust::xxh3::xxh3_64(&found[..HEADER_FIELDS]);
+    if found[HEADER_FIELDS..HEADER_FIELDS + 8] != sum.to_ne_bytes() {
+        return None;
+    }
+    let kind = u32::from_ne_bytes(found[LOCK_KIND_AT..LOCK_KIND_AT + 4].try_into().ok()?);
+    match kind {
+        k if k == lock::KIND => None,
+        2 => Some("robust-mutex"),
+        3 => Some("fcntl"),
+        _ => Some("unknown"),
+    }
 }
 
 /// What the header of an existing file says, checked without knowing the geometry it
@@ -173,6 +197,12 @@ pub fn parse_header(found: &[u8], file_len: u64) -> std::result::Result<Layout, 
         start_slots: u32_at(24),
     };
     let layout = Layout::new(geometry).map_err(|e| format!("bad geometry: {}", e.message()))?;
+    if let Some(other) = other_backend(found) {
+        return Err(format!(
+            "made by a build with the {other} lock backend; this build uses {}",
+            lock::NAME
+        ));
+    }
     if found[..HEADER_FIELDS + 8] != layout.header_bytes()[..] {
         return Err(
             "header fields (lock kind, mutex size or offsets) differ from this build's".into(),
@@ -229,7 +259,7 @@ impl Drop for GuardedMap {
 pub struct MappedFile {
     pub layout: Layout,
     pub path: PathBuf,
-    file: File,
+    file: ShareFile,
     map: GuardedMap,
     ino: u64,
     locker: lock::Locker,
@@ -300,12 +330,7 @@ impl MappedFile {
         let map = map_file(&file, &self.layout, &shown)?;
         // The duplicate shares the open file description, and with it the opener slot
         // that marks this description's lock holders as alive.
-        let locker = lock::Locker {
-            dev: self.locker.dev,
-            ino: self.locker.ino,
-            slot: self.locker.slot,
-            fd: file.as_raw_fd(),
-        };
+        let locker = lock::duplicate_opener(&self.locker, &file);
         Ok(MappedFile {
             layout: self.layout,
             path: self.path.clone(),
@@ -383,6 +408,14 @@ impl MappedFile {
             // SAFETY: the mapping is at least HEADER_SIZE bytes long (the file size matched).
             let header = unsafe { std::slice::from_raw_parts(map.as_ptr(), HEADER_FIELDS + 8) };
             if header_mismatch(&layout, header).is_some() {
+                if let (false, Some(other)) = (exclusive, other_backend(header)) {
+                    // Replacing it would leave its users on the old file and us on a new
+                    // one, each side replacing the other's at its next open: refuse.
+                    return Err(Error::new(format!(
+                        "Open of share file {shown} failed: it is in use by a Cache::FastMmap                          built with the {other} lock backend, and this one uses {} locks;                          the two cannot share a file (use another share_file, or stop the                          other processes first)",
+                        lock::NAME
+                    )));
+                }
                 replace = true;
                 continue;
             }
@@ -397,6 +430,7 @@ impl MappedFile {
                     ino: meta.ino(),
                     slot: lock::NO_SLOT,
                     fd: -1,
+                    lock_table_off: layout.lock_table_off,
                 },
             };
             if exclusive {
@@ -408,12 +442,17 @@ impl MappedFile {
                     // SAFETY: the entry lies in the mapping; no other process uses the file.
                     unsafe { lock::init(mf.lock_entry(n))? };
                 }
-                set_ofd_lock(&mf.file, libc::F_RDLCK as i16, false)
+                set_liveness_lock(&mf.file, libc::F_RDLCK as i16, false)
                     .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))?;
             }
             let mut mf = mf;
-            mf.locker.fd = mf.file.as_raw_fd();
-            mf.locker.slot = take_slot(&mf.file, &shown)?;
+            mf.locker = lock::opener(
+                &mf.file,
+                meta.dev(),
+                meta.ino(),
+                layout.lock_table_off,
+                &shown,
+            )?;
             return Ok(mf);
         }
         Err(Error::new(format!(
@@ -478,55 +517,38 @@ fn cpath(path: &Path) -> Result<CString> {
         .map_err(|_| Error::new(format!("share_file {} contains a NUL byte", path.display())))
 }
 
-fn open_existing(path: &Path) -> io::Result<File> {
+fn open_existing(path: &Path) -> io::Result<ShareFile> {
     let c = cpath(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: c is a valid NUL-terminated path; the returned fd is owned by the File.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly opened descriptor nobody else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Sets an OFD lock on byte 0 (the liveness range). Returns false when it would block.
-fn set_ofd_lock(file: &File, kind: i16, wait: bool) -> io::Result<bool> {
-    platform::ofd_lock(file.as_raw_fd(), 0, kind, wait)
-}
-
-/// Takes a free opener slot: an exclusive OFD lock on one byte of the slot range, kept while
-/// the file is open, whose number this opener records in every lock it holds (see
-/// `lock.rs`). Searching from a random start keeps the search short with many openers.
-fn take_slot(file: &File, shown: &str) -> Result<u32> {
-    let start = (platform::random_u64() % u64::from(lock::MAX_SLOTS)) as u32;
-    for i in 0..lock::MAX_SLOTS {
-        let slot = (start + i) % lock::MAX_SLOTS;
-        let off = lock::slot_offset(slot);
-        match platform::ofd_lock(file.as_raw_fd(), off, libc::F_WRLCK as i16, false) {
-            Ok(true) => return Ok(slot),
-            Ok(false) => continue,
-            Err(e) => return Err(Error::os(format!("Lock of share file {shown} failed"), &e)),
+    ShareFile::open_with(path, true, || {
+        // SAFETY: c is a valid NUL-terminated path; the returned fd is owned by the File.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
-    }
-    Err(Error::new(format!(
-        "Lock of share file {shown} failed: {} processes have it open",
-        lock::MAX_SLOTS
-    )))
+        // SAFETY: fd is a freshly opened descriptor nobody else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    })
+}
+
+/// Sets this opener's lock on byte 0 (the liveness range). Returns false when it would
+/// block.
+fn set_liveness_lock(file: &ShareFile, kind: i16, wait: bool) -> io::Result<bool> {
+    file.byte_lock(0, kind, wait)
 }
 
 /// Takes the liveness lock: exclusive if nobody else has the file open (returns true), else
 /// shared (waiting for an exclusive holder to finish initialising).
-fn liveness_lock(file: &File, shown: &str) -> Result<bool> {
+fn liveness_lock(file: &ShareFile, shown: &str) -> Result<bool> {
     let err = |e: io::Error| Error::os(format!("Lock of share file {shown} failed"), &e);
-    if set_ofd_lock(file, libc::F_WRLCK as i16, false).map_err(err)? {
+    if set_liveness_lock(file, libc::F_WRLCK as i16, false).map_err(err)? {
         return Ok(true);
     }
-    set_ofd_lock(file, libc::F_RDLCK as i16, true).map_err(err)?;
+    set_liveness_lock(file, libc::F_RDLCK as i16, true).map_err(err)?;
     Ok(false)
 }
 
@@ -553,7 +575,6 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
             "Truncate of share file {shown} failed"
         )));
     }
-    let size = layout.file_size as libc::off_t;
     // Refuse up front what cannot fit: reserving it would fill the filesystem (for every
     // other process too) before failing.
     // SAFETY: statvfs is plain data; fd is open.
@@ -573,11 +594,10 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     }
     // Reserve the blocks now: a full disk is an error here, not a SIGBUS later.
     // SAFETY: fd is open for writing.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) };
-    if rc != 0 {
+    if let Err(e) = platform::reserve_space(file.as_raw_fd(), layout.file_size) {
         return Err(Error::os(
             format!("Create of share file {shown} failed"),
-            &io::Error::from_raw_os_error(rc),
+            &e,
         ));
     }
     let map = map_file(file, layout, shown)?;
@@ -634,7 +654,7 @@ fn temp_name(dir: &Path) -> PathBuf {
 /// has a name until it is installed, so a named temporary whose byte 0 is not locked by
 /// anyone was left by a dead creator (see [`remove_stale_temps`]).
 struct Building {
-    file: File,
+    file: ShareFile,
     /// The temporary name, if it has one (None: O_TMPFILE, no name at all).
     name: Option<PathBuf>,
 }
@@ -668,7 +688,8 @@ fn create_named_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Buildi
             )));
         }
         // SAFETY: fd is a freshly opened descriptor nobody else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = ShareFile::adopt(unsafe { File::from_raw_fd(fd) }, true)
+            .map_err(|e| Error::os(format!("Create of share file {shown} failed"), &e))?;
         let b = Building {
             file,
             name: Some(tmp),
@@ -681,8 +702,8 @@ fn create_named_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Buildi
     )))
 }
 
-fn lock_building(file: &File, shown: &str) -> Result<()> {
-    set_ofd_lock(file, libc::F_WRLCK as i16, false)
+fn lock_building(file: &ShareFile, shown: &str) -> Result<()> {
+    set_liveness_lock(file, libc::F_WRLCK as i16, false)
         .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))
         .and_then(|got| {
             if got {
@@ -701,6 +722,8 @@ fn create_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Building> {
     let cdir = cpath(dir)?;
     match platform::open_tmpfile(&cdir, permissions) {
         Ok(Some(file)) => {
+            let file = ShareFile::adopt(file, true)
+                .map_err(|e| Error::os(format!("Create of share file {shown} failed"), &e))?;
             lock_building(&file, shown)?;
             Ok(Building { file, name: None })
         }
@@ -736,7 +759,7 @@ pub fn remove_stale_temps(dir: &Path) {
         if !m.is_file() || m.ino() != now.ino() || m.dev() != now.dev() {
             continue;
         }
-        if !platform::ofd_locked_elsewhere(file.as_raw_fd(), 0) {
+        if !file.byte_locked_elsewhere(0) {
             let _ = std::fs::remove_file(&p);
         }
     }
@@ -958,6 +981,44 @@ mod tests {
         let b = MappedFile::open(&p, l, true, 0o600).unwrap();
         drop(b);
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Rewrites the header of the file at `p` as the other lock backend writes it.
+    fn as_other_backend(p: &Path) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p)
+            .unwrap();
+        let mut h = [0u8; HEADER_FIELDS + 8];
+        f.read_exact_at(&mut h, 0).unwrap();
+        let other: u32 = if lock::KIND == 2 { 3 } else { 2 };
+        h[LOCK_KIND_AT..LOCK_KIND_AT + 4].copy_from_slice(&other.to_ne_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&h[..HEADER_FIELDS]);
+        h[HEADER_FIELDS..].copy_from_slice(&sum.to_ne_bytes());
+        f.write_all_at(&h, 0).unwrap();
+        // (Leaked, not closed: with the fcntl backend closing a second descriptor of the
+        // file would drop this process's locks on it, which the test relies on.)
+        std::mem::forget(f);
+    }
+
+    #[test]
+    fn a_file_of_the_other_lock_backend_is_refused_while_in_use() {
+        let d = tmpdir("backend");
+        let p = d.join("c");
+        let l = Layout::new(geo()).unwrap();
+        let a = MappedFile::open(&p, l, false, 0o600).unwrap();
+        as_other_backend(&p);
+        let err = MappedFile::open(&p, l, false, 0o600).err().unwrap();
+        assert!(err.message().contains("lock backend"), "{err}");
+        drop(a);
+        // Nobody has it open: replaced like a file of another geometry.
+        let b = MappedFile::open(&p, l, false, 0o600).unwrap();
+        let found = std::fs::read(&p).unwrap();
+        assert!(parse_header(&found, found.len() as u64).is_ok());
+        drop(b);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -19,7 +19,6 @@ use crate::file::{parse_header, Layout, HEADER_SIZE};
 use crate::hash::belongs_on;
 use crate::lock::{self, DIRTY_OFF, LOCK_STRIDE};
 use crate::page::{Item, Page, FLAG_ISDIRTY};
-use crate::platform;
 use crate::stats::{self, Counters};
 use crate::time::{self, is_expired};
 use memmap2::{MmapOptions, MmapRaw};
@@ -118,7 +117,7 @@ impl PageReport {
 /// An open share file, for inspection (read-only) or offline repair.
 pub struct Inspector {
     pub path: PathBuf,
-    file: File,
+    file: lock::ShareFile,
     pub file_len: u64,
     map: Option<MmapRaw>,
     /// The header's layout, or why the header cannot be used.
@@ -126,7 +125,7 @@ pub struct Inspector {
     writable: bool,
 }
 
-fn open_file(path: &Path, writable: bool) -> Result<File> {
+fn open_file(path: &Path, writable: bool) -> Result<lock::ShareFile> {
     let shown = path.display();
     let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
         .map_err(|_| Error::new(format!("{shown}: the name contains a NUL byte")))?;
@@ -135,10 +134,19 @@ fn open_file(path: &Path, writable: bool) -> Result<File> {
     } else {
         libc::O_RDONLY
     };
-    // SAFETY: c is a valid NUL-terminated path; the fd is owned by the File below.
-    let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
+    // Through lock::ShareFile: in a process that also has the file open as a cache, the
+    // fcntl backend must not close a second descriptor of it (that drops the process's
+    // locks).
+    let opened = lock::ShareFile::open_with(path, writable, || {
+        // SAFETY: c is a valid NUL-terminated path; the fd is owned by the File below.
+        let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a freshly opened descriptor nobody else owns.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    });
+    if let Err(e) = opened {
         if e.raw_os_error() == Some(libc::ELOOP) {
             return Err(Error::new(format!(
                 "cannot open {shown}: it is a symbolic link, which is not followed"
@@ -146,8 +154,7 @@ fn open_file(path: &Path, writable: bool) -> Result<File> {
         }
         return Err(Error::os(format!("cannot open {shown}"), &e));
     }
-    // SAFETY: fd is a freshly opened descriptor nobody else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    opened.map_err(|e| Error::os(format!("cannot open {shown}"), &e))
 }
 
 impl Inspector {
@@ -180,9 +187,9 @@ impl Inspector {
                 let mut o = MmapOptions::new();
                 o.len(l.file_size as usize);
                 let m = if writable {
-                    o.map_raw(&file)
+                    o.map_raw(&*file)
                 } else {
-                    o.map_raw_read_only(&file)
+                    o.map_raw_read_only(&*file)
                 };
                 Some(m.map_err(|e| Error::os(format!("cannot map {shown}"), &e))?)
             }
@@ -200,7 +207,7 @@ impl Inspector {
 
     /// Does any other open file description hold the file open (a live cache)?
     pub fn in_use(&self) -> bool {
-        platform::ofd_locked_elsewhere(self.file.as_raw_fd(), 0)
+        self.file.byte_locked_elsewhere(0)
     }
 
     fn layout(&self) -> Option<(&Layout, &MmapRaw)> {
@@ -425,8 +432,9 @@ impl Inspector {
                  unknown; remove the file (the next process to open it creates a new one)"
             )));
         }
-        let fd = self.file.as_raw_fd();
-        let got = platform::ofd_lock(fd, 0, libc::F_WRLCK as i16, false)
+        let got = self
+            .file
+            .byte_lock(0, libc::F_WRLCK as i16, false)
             .map_err(|e| Error::os(format!("cannot lock {shown}"), &e))?;
         if !got {
             return Err(Error::new(format!(
@@ -435,7 +443,7 @@ impl Inspector {
             )));
         }
         let result = self.repair_locked();
-        let _ = platform::ofd_lock(fd, 0, libc::F_UNLCK as i16, false);
+        let _ = self.file.byte_lock(0, libc::F_UNLCK as i16, false);
         result
     }
 

@@ -133,9 +133,15 @@ my $PAGES = 4096 + 4096;       # header + lock table of 5 entries, rounded
     my $lk = FMTest::share_file('badlock');
     system('cp', $file, $lk) == 0 or die;
     poke($lk, 4096 + 4 * 64, "\xFF" x 48);
+    # (The fcntl backend keeps no mutex there, only a holder record after these bytes:
+    # nothing of what is scribbled over is read.)
+    my $mutex_entries = Cache::FastMmap::_lock_backend() eq 'robust-mutex';
     ($st, $out) = run_cmd('verify', $lk);
-    is($st >> 8, 1, 'verify: a damaged lock entry exits 1');
-    like($out, qr/^page 4: damaged: lock entry is not a mutex of this build/m, 'names it');
+    SKIP: {
+        skip 'the fcntl backend has no mutex in a lock entry to damage', 2 unless $mutex_entries;
+        is($st >> 8, 1, 'verify: a damaged lock entry exits 1');
+        like($out, qr/^page 4: damaged: lock entry is not a mutex of this build/m, 'names it');
+    }
 
     my %hostile = (
         'damaged header'  => sub { poke($_[0], 20, "\x01\x00\x00\x00") },
@@ -195,7 +201,10 @@ my $PAGES = 4096 + 4096;       # header + lock table of 5 entries, rounded
     is($lost, $page2, 'the entries of the other pages are all still there');
     ($st, $out) = run_cmd('repair', $lk);
     is($st, 0, 'repair of a damaged lock entry');
-    like($out, qr/^page 4: lock entry rewritten/m, '... says so');
+    SKIP: {
+        skip 'the fcntl backend has no mutex in a lock entry to rewrite', 1 unless $mutex_entries;
+        like($out, qr/^page 4: lock entry rewritten/m, '... says so');
+    }
     ($st) = run_cmd('verify', $lk);
     is($st, 0, '... and it verifies sound');
 }

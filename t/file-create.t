@@ -116,8 +116,15 @@ for my $len (241, 250, 255) {
         FMTest::wait_children(30, $pid);
     }
     diag "$seen of 5 creators were killed while building" if $seen < 5;
+    my $how = 'leave no temporary file';
+    if (Cache::FastMmap::_lock_backend() eq 'fcntl') {
+        # No O_TMPFILE in the portable build: a killed creator leaves its named
+        # temporary, which the next opener of the directory's caches removes.
+        Cache::FastMmap->new(share_file => $file, %big);
+        $how = 'leave no temporary file once the next opener came';
+    }
     my @left = grep { $_ ne 'big' } listing($dir);
-    is_deeply(\@left, [], 'creators killed while creating leave no temporary file');
+    is_deeply(\@left, [], "creators killed while creating $how");
     my $c = Cache::FastMmap->new(share_file => $file, %big);
     ok($c->set('k', 'v') && $c->get('k') eq 'v', 'the next new works');
     is_deeply([listing($dir)], ['big'], '... and the directory holds just the cache');

@@ -97,7 +97,10 @@ sub inner_pid {
 }
 
 # Is $pid sleeping on a futex (waiting for the page lock)? undef: the kernel
-# does not say (no wchan), so it cannot be checked here.
+# does not say (no wchan), so it cannot be checked here. The fcntl backend
+# waits in the kernel's byte-range lock code instead (wchan names a lock
+# function, e.g. fcntl_setlk).
+my $FCNTL = Cache::FastMmap::_lock_backend() eq 'fcntl';
 sub blocked_on_futex {
     my ($pid, $t) = @_;
     my $end = Time::HiRes::time() + $t;
@@ -105,7 +108,7 @@ sub blocked_on_futex {
         return 0 unless kill 0, $pid;
         my $w = slurp("/proc/$pid/wchan");
         return undef if $w eq '' || $w eq '0';
-        return 1 if $w =~ /futex/;
+        return 1 if $w =~ ($FCNTL ? qr/setlk|lock/ : qr/futex/);
         Time::HiRes::sleep(0.02);
     }
     return 0;

@@ -212,7 +212,11 @@ for my $case (['stale lock word', 0, 0], ['stale lock word + marker', 1, 0],
     my ($name, $mark, $damage) = @$case;
     my $file = FMTest::share_file('stale');
     my ($page, $word, @gone) = stale_file($file, $mark, $damage);
-    ok($word & $FUTEX_OWNER_DIED, "$name: the kernel had marked the lock owner-dead");
+    SKIP: {
+        skip 'the fcntl backend has no lock word to mark (the lock is in the kernel)', 1
+            unless Cache::FastMmap::_lock_backend() eq 'robust-mutex';
+        ok($word & $FUTEX_OWNER_DIED, "$name: the kernel had marked the lock owner-dead");
+    }
     my $ino = (stat $file)[1];
     my ($st, $r) = fresh_open($file, $page, @gone);
     is(FMTest::describe_status($st), 'exit 0', "$name: a fresh opener does not block (alarm-bounded)")

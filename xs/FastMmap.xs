@@ -1171,6 +1171,13 @@ fc_set_time_override(t)
   CODE:
     fc_set_time_override((uint32_t)t);
 
+const char *
+_lock_backend()
+  CODE:
+    RETVAL = fc_lock_backend();
+  OUTPUT:
+    RETVAL
+
 UV
 fc_repaired_pages(obj)
     SV *obj

@@ -462,6 +462,13 @@ void fc_set_time_override(uint32_t t);
 uint32_t fc_now(void);
 
 /**
+ * The page-lock backend this engine was built with: "robust-mutex" (Linux) or "fcntl"
+ * (other systems, and Linux built with FASTMMAP_PORTABLE=1). A static NUL-terminated
+ * string.
+ */
+const char *fc_lock_backend(void);
+
+/**
  * How many pages this handle has found corrupt and repaired.
  *
  * # Safety

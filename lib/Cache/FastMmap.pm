@@ -1088,6 +1088,15 @@ does not exist in the C-based releases, so code that needs to know which
 engine it runs on can test C<< ($Cache::FastMmap::IMPLEMENTATION || 'c') >>.
 C<$Cache::FastMmap::VERSION> is C<2.00>.
 
+  print Cache::FastMmap::_lock_backend();   # "robust-mutex" or "fcntl"
+
+C<Cache::FastMmap::_lock_backend()> names the page-lock backend the engine
+was built with: C<'robust-mutex'> on Linux, C<'fcntl'> on other systems and
+on Linux built with C<FASTMMAP_PORTABLE=1 perl Makefile.PL>.  What each
+guarantees is in the README's "Platforms" section.  Processes of the two
+kinds cannot share a file: one that finds a file in use by the other kind
+croaks.
+
 =head1 CONSTRUCTOR
 
 =head2 new(%Options) or new(\%Options)

@@ -1,4 +1,5 @@
-//! Linux: futex wake-ups, thread ids, OFD byte-range locks, anonymous temporary files.
+//! Linux: futex wake-ups, thread ids, OFD byte-range locks, anonymous temporary files,
+//! block reservation and wipe-on-fork pages.
 
 use std::ffi::CStr;
 use std::fs::File;
@@ -46,7 +47,7 @@ fn flock_for(kind: i16, start: u64) -> libc::flock {
 /// Sets (or with `F_UNLCK` drops) an open-file-description lock on byte `start`.
 /// Returns false when it would block and `wait` is false. OFD locks belong to the open
 /// file, not to a process id, so they mean the same in every PID namespace.
-pub fn ofd_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<bool> {
+pub fn byte_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<bool> {
     let fl = flock_for(kind, start);
     let cmd = if wait {
         libc::F_OFD_SETLKW
@@ -69,11 +70,32 @@ pub fn ofd_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<bool
 
 /// Is byte `start` locked through another open file description (any process, any
 /// namespace)? Errors count as "locked", the cautious answer.
-pub fn ofd_locked_elsewhere(fd: RawFd, start: u64) -> bool {
+pub fn byte_locked_elsewhere(fd: RawFd, start: u64) -> bool {
     let mut fl = flock_for(libc::F_WRLCK as i16, start);
     // SAFETY: fd is open; fl is a valid flock the kernel fills in.
     let rc = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
     rc != 0 || fl.l_type != libc::F_UNLCK as i16
+}
+
+/// Reserves the blocks of `fd`'s first `size` bytes (and sizes the file), so that a full
+/// disk is an error now rather than a SIGBUS later.
+pub fn reserve_space(fd: RawFd, size: u64) -> io::Result<()> {
+    // SAFETY: fd is open for writing.
+    let rc = unsafe { libc::posix_fallocate(fd, 0, size as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Asks that the private anonymous mapping `[page, page + len)` read as zeros in every
+/// forked child (`MADV_WIPEONFORK`, Linux 4.14). False when the kernel cannot.
+///
+/// # Safety
+/// `page` is the start of a private anonymous mapping of `len` bytes owned by the caller.
+pub unsafe fn wipe_on_fork(page: *mut libc::c_void, len: usize) -> bool {
+    libc::madvise(page, len, libc::MADV_WIPEONFORK) == 0
 }
 
 /// Opens an unnamed regular file in directory `dir` (O_TMPFILE): it has no name until

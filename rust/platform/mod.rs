@@ -1,18 +1,24 @@
 //! Operating-system calls that have no portable Rust API, one small function each.
 //!
-//! Linux gets the real thing (`linux.rs`); other systems get `fallback.rs`, which does the
-//! portable part of each job or reports "not supported" so that callers take their
-//! portable path. Nothing outside this module calls `futex`, `gettid`, `O_TMPFILE` or
-//! `linkat` directly.
+//! `linux.rs` has the Linux calls: OFD byte locks, futex wake-ups, thread ids, O_TMPFILE
+//! and linkat, renameat2(RENAME_NOREPLACE), getrandom, posix_fallocate and
+//! MADV_WIPEONFORK. `fallback.rs` has the POSIX way to do each job (or says "cannot", so
+//! that the caller takes its portable path): classic process-owned fcntl locks, named
+//! temporary files, link + unlink, /dev/urandom, writing zeros, no wipe-on-fork. Which one
+//! is built follows the lock backend (see `lock/mod.rs`): the fallback wherever
+//! `cfg(fastmmap_portable)` is set (every system but Linux, and Linux built with the
+//! `portable` feature), so that the portable build runs every portable path. Nothing
+//! outside this module calls `futex`, `gettid`, `O_TMPFILE`, `linkat`, `renameat2`,
+//! `getrandom`, `posix_fallocate` or `madvise`.
 
-#[cfg(target_os = "linux")]
+#[cfg(not(fastmmap_portable))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(not(fastmmap_portable))]
 pub use linux::*;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(fastmmap_portable)]
 mod fallback;
-#[cfg(not(target_os = "linux"))]
+#[cfg(fastmmap_portable)]
 pub use fallback::*;
 
 /// The SIGBUS safety net for share-file mappings (POSIX: sigaction and mmap).

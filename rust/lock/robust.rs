@@ -1,5 +1,5 @@
-//! Page locks: one robust, process-shared pthread mutex per page, stored in the lock table
-//! of the shared file.
+//! The Linux page-lock backend: one robust, process-shared pthread mutex per page, stored
+//! in the lock table of the shared file.
 //!
 //! Why a mutex and not fcntl: an uncontended lock/unlock pair is two userspace atomics instead
 //! of two system calls, and when a process dies holding the lock the kernel marks it
@@ -34,28 +34,21 @@
 //! - A holder whose slot is alive is waited for however long it takes (or until
 //!   `catch_deadlocks` gives up), however slow it is.
 
+use super::{owner, Acquired, Locker, LOCK_STRIDE, OWNER_OFF};
 use crate::error::{strerror, Error, Result};
 use crate::platform;
 use std::cell::RefCell;
+use std::fs::File;
+use std::io;
 use std::mem::size_of;
-use std::os::unix::io::RawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Bytes per page in the lock table: one cache line, so neighbouring pages' locks never share
-/// a line.
-pub const LOCK_STRIDE: usize = 64;
 /// Offset of the mutex inside a lock table entry.
 const MUTEX_OFF: usize = 0;
-/// Offset of the holder's opener slot + 1 (0: no holder recorded).
-const OWNER_OFF: usize = 52;
-/// Offset of the page's "being mutated" marker inside a lock table entry (see `cache.rs`).
-pub const DIRTY_OFF: usize = 56;
-/// Offset of the page's change counter (a sequence lock for lock-free readers: odd while
-/// a change is under way, bumped to the next even value when it is done).
-pub const VERSION_OFF: usize = 60;
-
 // The mutex must fit before the owner slot on every target we build for.
 const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= OWNER_OFF);
 
@@ -64,26 +57,8 @@ const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= OWNER_OFF);
 pub const SLOT_BASE: u64 = 1 << 40;
 /// Number of opener slots.
 pub const MAX_SLOTS: u32 = 1 << 20;
-/// "No slot yet" (a `Locker` being built; never used to lock).
-pub const NO_SLOT: u32 = u32::MAX;
-
 /// How often a waiter looks at who holds the lock it waits for.
 pub const STALE_CHECK: Duration = Duration::from_secs(1);
-
-/// The change counter of a lock table entry.
-///
-/// # Safety
-/// `entry` points at a lock table entry (64-byte aligned) inside a mapping that outlives
-/// the returned reference.
-pub unsafe fn version<'a>(entry: *mut u8) -> &'a AtomicU32 {
-    &*(entry.add(VERSION_OFF) as *const AtomicU32)
-}
-
-/// # Safety
-/// As for [`version`].
-unsafe fn owner<'a>(entry: *mut u8) -> &'a AtomicU32 {
-    &*(entry.add(OWNER_OFF) as *const AtomicU32)
-}
 
 /// The mutex's futex word (glibc keeps it first: owner thread id, waiters and owner-died
 /// bits).
@@ -98,33 +73,108 @@ unsafe fn word<'a>(entry: *mut u8) -> &'a AtomicU32 {
 /// with another layout is replaced instead of misused.
 pub const MUTEX_SIZE: u32 = size_of::<libc::pthread_mutex_t>() as u32;
 
+/// The backend's name, as `Cache::FastMmap::_lock_backend` reports it.
+pub const NAME: &str = "robust-mutex";
+/// [`NAME`] for C.
+pub const NAME_C: &std::ffi::CStr = c"robust-mutex";
+/// Lock kind recorded in the file header: robust process-shared pthread mutexes of the
+/// plain kind, with holders' opener slots recorded (kind 1 was error-checking mutexes;
+/// kind 3 is the fcntl backend's).
+pub const KIND: u32 = 2;
+/// Recorded next to the kind: the size of this platform's mutex, so that a file made by a
+/// build with another layout is replaced instead of misused.
+pub const KIND_DETAIL: u32 = MUTEX_SIZE;
+
+/// An open share file. Here just the file: every open file description carries its own
+/// OFD locks, so descriptors can be opened and closed freely.
+pub struct ShareFile(File);
+
+impl std::ops::Deref for ShareFile {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl ShareFile {
+    /// Opens the file at `path` with `open` (`_writable` says how `open` opens it; only the
+    /// fcntl backend needs to know).
+    pub fn open_with(
+        _path: &Path,
+        _writable: bool,
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<ShareFile> {
+        open().map(ShareFile)
+    }
+
+    /// Takes charge of a file just created.
+    pub fn adopt(file: File, _writable: bool) -> io::Result<ShareFile> {
+        Ok(ShareFile(file))
+    }
+
+    /// A second descriptor on the same open file description (its locks are shared).
+    pub fn try_clone(&self) -> io::Result<ShareFile> {
+        self.0.try_clone().map(ShareFile)
+    }
+
+    /// Sets (or with `F_UNLCK` drops) this description's lock on byte `start`; false when
+    /// it would block and `wait` is false.
+    pub fn byte_lock(&self, start: u64, kind: i16, wait: bool) -> io::Result<bool> {
+        platform::byte_lock(self.0.as_raw_fd(), start, kind, wait)
+    }
+
+    /// Is byte `start` locked through any other open file description?
+    pub fn byte_locked_elsewhere(&self, start: u64) -> bool {
+        platform::byte_locked_elsewhere(self.0.as_raw_fd(), start)
+    }
+}
+
+/// This opener's identity for the page locks: takes a free opener slot, an exclusive OFD
+/// lock on one byte of the slot range kept while the file is open, whose number the opener
+/// records in every lock it holds. Searching from a random start keeps the search short
+/// with many openers.
+pub fn opener(
+    file: &ShareFile,
+    dev: u64,
+    ino: u64,
+    lock_table_off: u64,
+    shown: &str,
+) -> Result<Locker> {
+    let start = (platform::random_u64() % u64::from(MAX_SLOTS)) as u32;
+    for i in 0..MAX_SLOTS {
+        let slot = (start + i) % MAX_SLOTS;
+        match file.byte_lock(slot_offset(slot), libc::F_WRLCK as i16, false) {
+            Ok(true) => {
+                return Ok(Locker {
+                    dev,
+                    ino,
+                    slot,
+                    fd: file.as_raw_fd(),
+                    lock_table_off,
+                })
+            }
+            Ok(false) => continue,
+            Err(e) => return Err(Error::os(format!("Lock of share file {shown} failed"), &e)),
+        }
+    }
+    Err(Error::new(format!(
+        "Lock of share file {shown} failed: {MAX_SLOTS} processes have it open"
+    )))
+}
+
+/// The identity of a second handle on the same open file description (`dup`): it shares
+/// the description's slot, which marks its lock holders as alive.
+pub fn duplicate_opener(who: &Locker, file: &ShareFile) -> Locker {
+    Locker {
+        fd: file.as_raw_fd(),
+        ..*who
+    }
+}
+
 /// Non-blocking attempts before a waiter sleeps on the lock.
 const SPIN_ATTEMPTS: u32 = 30;
 /// The pause between attempts doubles up to 2^SPIN_MAX_SHIFT spin-loop hints.
 const SPIN_MAX_SHIFT: u32 = 4;
-
-/// How a lock attempt ended when it succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acquired {
-    /// The lock was free or released normally: the page is as its last owner left it.
-    Clean,
-    /// The previous owner died holding it (or the entry was abandoned and taken over): the
-    /// page may be half-modified. The caller must check the page and then call
-    /// [`make_consistent`].
-    OwnerDied,
-}
-
-/// Who is locking: the file's identity (to recognise the same lock through another
-/// mapping in this process) and this opener's slot.
-#[derive(Debug, Clone, Copy)]
-pub struct Locker {
-    pub dev: u64,
-    pub ino: u64,
-    /// This open file description's slot (see the module notes), or [`NO_SLOT`].
-    pub slot: u32,
-    /// The open share file, for looking at other openers' slots.
-    pub fd: RawFd,
-}
 
 /// The file offset of an opener slot's lock byte.
 pub fn slot_offset(slot: u32) -> u64 {
@@ -221,7 +271,7 @@ pub unsafe fn entry_state(entry: *const u8) -> (bool, u32, u32) {
 /// Is the opener that recorded `rec` (slot + 1) still there, seen through `fd` (any open
 /// descriptor of the file, which holds no slot of its own)?
 pub fn recorded_owner_alive(rec: u32, fd: RawFd) -> bool {
-    rec != 0 && rec <= MAX_SLOTS && platform::ofd_locked_elsewhere(fd, slot_offset(rec - 1))
+    rec != 0 && rec <= MAX_SLOTS && platform::byte_locked_elsewhere(fd, slot_offset(rec - 1))
 }
 
 /// Rewrites everything of the mutex but its word from the template.
@@ -331,7 +381,7 @@ fn owner_alive(rec: u32, who: &Locker) -> bool {
     }
     let slot = rec - 1;
     // Our own slot: the holder shares our open file (us, or a forked relative), alive.
-    slot == who.slot || platform::ofd_locked_elsewhere(who.fd, slot_offset(slot))
+    slot == who.slot || platform::byte_locked_elsewhere(who.fd, slot_offset(slot))
 }
 
 /// Locks the mutex of a lock table entry, blocking (or up to `timeout`).
@@ -535,6 +585,7 @@ mod tests {
         ino: 0,
         slot: 7,
         fd: -1,
+        lock_table_off: 0,
     };
 
     fn fresh() -> Box<Entry> {
@@ -578,6 +629,7 @@ mod tests {
             ino: 42,
             slot: 0,
             fd: -1,
+            lock_table_off: 0,
         };
         unsafe {
             lock(a.0.as_mut_ptr(), 5, None, &who).unwrap();
@@ -693,7 +745,7 @@ mod tests {
         use std::os::unix::io::AsRawFd;
         // f1 is "another opener" holding slot 3.
         assert!(
-            platform::ofd_lock(f1.as_raw_fd(), slot_offset(3), libc::F_WRLCK as i16, false)
+            platform::byte_lock(f1.as_raw_fd(), slot_offset(3), libc::F_WRLCK as i16, false)
                 .unwrap()
         );
         let me = Locker {
@@ -701,6 +753,7 @@ mod tests {
             ino: 0,
             slot: 4,
             fd: f2.as_raw_fd(),
+            lock_table_off: 0,
         };
         let mut e = fresh();
         let p = e.0.as_mut_ptr();
