@@ -442,7 +442,7 @@ impl MappedFile {
                     // SAFETY: the entry lies in the mapping; no other process uses the file.
                     unsafe { lock::init(mf.lock_entry(n))? };
                 }
-                set_liveness_lock(&mf.file, libc::F_RDLCK as i16, false)
+                set_liveness_lock(&mf.file, crate::platform::LOCK_READ, false)
                     .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))?;
             }
             let mut mf = mf;
@@ -545,10 +545,10 @@ fn set_liveness_lock(file: &ShareFile, kind: i16, wait: bool) -> io::Result<bool
 /// shared (waiting for an exclusive holder to finish initialising).
 fn liveness_lock(file: &ShareFile, shown: &str) -> Result<bool> {
     let err = |e: io::Error| Error::os(format!("Lock of share file {shown} failed"), &e);
-    if set_liveness_lock(file, libc::F_WRLCK as i16, false).map_err(err)? {
+    if set_liveness_lock(file, crate::platform::LOCK_WRITE, false).map_err(err)? {
         return Ok(true);
     }
-    set_liveness_lock(file, libc::F_RDLCK as i16, true).map_err(err)?;
+    set_liveness_lock(file, crate::platform::LOCK_READ, true).map_err(err)?;
     Ok(false)
 }
 
@@ -703,7 +703,7 @@ fn create_named_temp(dir: &Path, permissions: u32, shown: &str) -> Result<Buildi
 }
 
 fn lock_building(file: &ShareFile, shown: &str) -> Result<()> {
-    set_liveness_lock(file, libc::F_WRLCK as i16, false)
+    set_liveness_lock(file, crate::platform::LOCK_WRITE, false)
         .map_err(|e| Error::os(format!("Lock of share file {shown} failed"), &e))
         .and_then(|got| {
             if got {

@@ -434,7 +434,7 @@ impl Inspector {
         }
         let got = self
             .file
-            .byte_lock(0, libc::F_WRLCK as i16, false)
+            .byte_lock(0, crate::platform::LOCK_WRITE, false)
             .map_err(|e| Error::os(format!("cannot lock {shown}"), &e))?;
         if !got {
             return Err(Error::new(format!(
@@ -443,7 +443,7 @@ impl Inspector {
             )));
         }
         let result = self.repair_locked();
-        let _ = self.file.byte_lock(0, libc::F_UNLCK as i16, false);
+        let _ = self.file.byte_lock(0, crate::platform::LOCK_UNLOCK, false);
         result
     }
 

@@ -57,9 +57,9 @@ pub const KIND: u32 = 3;
 /// Recorded next to the kind: nothing of the entry's layout depends on the platform here.
 pub const KIND_DETAIL: u32 = 0;
 
-const WRITE: i16 = libc::F_WRLCK as i16;
-const READ: i16 = libc::F_RDLCK as i16;
-const UNLOCK: i16 = libc::F_UNLCK as i16;
+const WRITE: i16 = crate::platform::LOCK_WRITE;
+const READ: i16 = crate::platform::LOCK_READ;
+const UNLOCK: i16 = crate::platform::LOCK_UNLOCK;
 
 /// Longest single sleep on the table's condition variable: waits are re-checked against
 /// the monotonic clock this often, whatever the wall clock does.

@@ -143,7 +143,7 @@ pub fn opener(
     let start = (platform::random_u64() % u64::from(MAX_SLOTS)) as u32;
     for i in 0..MAX_SLOTS {
         let slot = (start + i) % MAX_SLOTS;
-        match file.byte_lock(slot_offset(slot), libc::F_WRLCK as i16, false) {
+        match file.byte_lock(slot_offset(slot), crate::platform::LOCK_WRITE, false) {
             Ok(true) => {
                 return Ok(Locker {
                     dev,
@@ -744,10 +744,13 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         use std::os::unix::io::AsRawFd;
         // f1 is "another opener" holding slot 3.
-        assert!(
-            platform::byte_lock(f1.as_raw_fd(), slot_offset(3), libc::F_WRLCK as i16, false)
-                .unwrap()
-        );
+        assert!(platform::byte_lock(
+            f1.as_raw_fd(),
+            slot_offset(3),
+            crate::platform::LOCK_WRITE,
+            false
+        )
+        .unwrap());
         let me = Locker {
             dev: 0,
             ino: 0,

@@ -45,7 +45,7 @@ pub fn byte_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<boo
 /// Is byte `start` locked by another process? (A classic `F_GETLK` never reports the
 /// caller's own locks.) Errors count as "locked", the cautious answer.
 pub fn byte_locked_elsewhere(fd: RawFd, start: u64) -> bool {
-    let mut fl = flock_for(libc::F_WRLCK as i16, start);
+    let mut fl = flock_for(super::LOCK_WRITE, start);
     // SAFETY: fd is open; fl is a valid flock the kernel fills in.
     let rc = unsafe { libc::fcntl(fd, libc::F_GETLK, &mut fl) };
     rc != 0 || fl.l_type != libc::F_UNLCK as _

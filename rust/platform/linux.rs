@@ -71,10 +71,10 @@ pub fn byte_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<boo
 /// Is byte `start` locked through another open file description (any process, any
 /// namespace)? Errors count as "locked", the cautious answer.
 pub fn byte_locked_elsewhere(fd: RawFd, start: u64) -> bool {
-    let mut fl = flock_for(libc::F_WRLCK as i16, start);
+    let mut fl = flock_for(super::LOCK_WRITE, start);
     // SAFETY: fd is open; fl is a valid flock the kernel fills in.
     let rc = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
-    rc != 0 || fl.l_type != libc::F_UNLCK as i16
+    rc != 0 || fl.l_type != super::LOCK_UNLOCK
 }
 
 /// Reserves the blocks of `fd`'s first `size` bytes (and sizes the file), so that a full

@@ -21,5 +21,14 @@ mod fallback;
 #[cfg(fastmmap_portable)]
 pub use fallback::*;
 
+/// fcntl lock kinds as `flock.l_type` takes them: an `i16` on every system, while libc
+/// declares the constants `c_int` on Linux and `c_short` elsewhere.
+#[allow(clippy::unnecessary_cast)]
+pub const LOCK_READ: i16 = libc::F_RDLCK as i16;
+#[allow(clippy::unnecessary_cast)]
+pub const LOCK_WRITE: i16 = libc::F_WRLCK as i16;
+#[allow(clippy::unnecessary_cast)]
+pub const LOCK_UNLOCK: i16 = libc::F_UNLCK as i16;
+
 /// The SIGBUS safety net for share-file mappings (POSIX: sigaction and mmap).
 pub mod sigbus;
