@@ -7,16 +7,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::RawFd;
 
-fn flock_for(kind: i16, start: u64) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid starting value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as _;
-    fl.l_whence = libc::SEEK_SET as _;
-    fl.l_start = start as libc::off_t;
-    fl.l_len = 1;
-    fl
-}
-
 /// Sets (or with `F_UNLCK` drops) this process's classic fcntl lock on byte `start`.
 /// Returns false when it would block and `wait` is false. With `wait`, `EDEADLK` (the
 /// kernel sees a cycle of waiting processes) is returned as an error for the caller to
@@ -26,29 +16,17 @@ fn flock_for(kind: i16, start: u64) -> libc::flock {
 /// conflict with each other, and closing *any* descriptor of the file drops all of them.
 /// `lock/fcntl.rs` builds per-handle semantics on top of that.
 pub fn byte_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<bool> {
-    let fl = flock_for(kind, start);
     let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
-    loop {
-        // SAFETY: fd is open; fl is a valid flock.
-        if unsafe { libc::fcntl(fd, cmd, &fl) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
-            _ => return Err(e),
-        }
-    }
+    super::set_byte_lock(fd, cmd, kind, start, wait)
 }
 
 /// Is byte `start` locked by another process? (A classic `F_GETLK` never reports the
 /// caller's own locks.) Errors count as "locked", the cautious answer.
 pub fn byte_locked_elsewhere(fd: RawFd, start: u64) -> bool {
-    let mut fl = flock_for(super::LOCK_WRITE, start);
+    let mut fl = super::flock_for(super::LOCK_WRITE, start);
     // SAFETY: fd is open; fl is a valid flock the kernel fills in.
     let rc = unsafe { libc::fcntl(fd, libc::F_GETLK, &mut fl) };
-    rc != 0 || fl.l_type != libc::F_UNLCK as _
+    rc != 0 || fl.l_type != super::LOCK_UNLOCK
 }
 
 /// Is process `pid` still there (as seen from our PID namespace)? EPERM: it exists but

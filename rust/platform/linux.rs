@@ -34,44 +34,22 @@ pub fn gettid() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
-fn flock_for(kind: i16, start: u64) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid starting value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as i16;
-    fl.l_start = start as libc::off_t;
-    fl.l_len = 1;
-    fl
-}
-
 /// Sets (or with `F_UNLCK` drops) an open-file-description lock on byte `start`.
 /// Returns false when it would block and `wait` is false. OFD locks belong to the open
 /// file, not to a process id, so they mean the same in every PID namespace.
 pub fn byte_lock(fd: RawFd, start: u64, kind: i16, wait: bool) -> io::Result<bool> {
-    let fl = flock_for(kind, start);
     let cmd = if wait {
         libc::F_OFD_SETLKW
     } else {
         libc::F_OFD_SETLK
     };
-    loop {
-        // SAFETY: fd is open; fl is a valid flock.
-        if unsafe { libc::fcntl(fd, cmd, &fl) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
-            _ => return Err(e),
-        }
-    }
+    super::set_byte_lock(fd, cmd, kind, start, wait)
 }
 
 /// Is byte `start` locked through another open file description (any process, any
 /// namespace)? Errors count as "locked", the cautious answer.
 pub fn byte_locked_elsewhere(fd: RawFd, start: u64) -> bool {
-    let mut fl = flock_for(super::LOCK_WRITE, start);
+    let mut fl = super::flock_for(super::LOCK_WRITE, start);
     // SAFETY: fd is open; fl is a valid flock the kernel fills in.
     let rc = unsafe { libc::fcntl(fd, libc::F_OFD_GETLK, &mut fl) };
     rc != 0 || fl.l_type != super::LOCK_UNLOCK
