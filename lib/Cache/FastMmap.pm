@@ -69,7 +69,7 @@ my %SizeSuffix = (k => 1024, m => 1024 * 1024);
 # allowance the engine itself checks.
 my $PAGE_HEADER_BYTES = 32;
 my $SLOT_BYTES        = 8;
-my $DEFAULT_START_SLOTS = 89;
+my $DEFAULT_START_SLOTS = 44;
 my $MIN_ITEM_BYTES    = 48;
 my $MAX_PAGE_SIZE     = 2**30;
 
@@ -304,31 +304,20 @@ sub new {
 
   # -- start_slots
   _size_arg('start_slots', $Args{start_slots}, 0) if $Args{start_slots};
-  my $start_slots = int($Args{start_slots} || 0);
-  my $slot_bytes = $SLOT_BYTES;
-  if (!$start_slots) {
-    # Upstream's 89 by default.  Pages under 4 KiB (only page_size without
-    # cache_size makes them) start with 44, whose table takes the 356 bytes
-    # of upstream's 89 4-byte slots: such a page then holds as much as
-    # upstream's, and the smallest page accepted is upstream's smallest
-    # that works.
-    $start_slots = $DEFAULT_START_SLOTS;
-    if (int($page_size) < 4096) {
-      $start_slots = int($DEFAULT_START_SLOTS * 4 / $SLOT_BYTES);
-      $slot_bytes  = 4;    # for the size check below: 89 slots of 4 bytes
-    }
-  }
+  # The default is 44 where upstream's is 89: our slots take 8 bytes to its
+  # 4, so the table starts at the same size in bytes (and grows so as to stay
+  # so; see GROW_KEPT in rust/page/expunge.rs).
+  my $start_slots = int($Args{start_slots} || 0) || $DEFAULT_START_SLOTS;
 
   # Deliberate deviation: a page must hold its header, its initial slot
   # table and at least one small item.  The reference implementation
   # corrupts memory on such geometries; we refuse them.
   {
-    my $check_slots = $slot_bytes == $SLOT_BYTES ? $start_slots : $DEFAULT_START_SLOTS;
-    my $Need = $PAGE_HEADER_BYTES + $slot_bytes * $check_slots + $MIN_ITEM_BYTES;
+    my $Need = $PAGE_HEADER_BYTES + $SLOT_BYTES * $start_slots + $MIN_ITEM_BYTES;
     if (int($page_size) < $Need) {
       Carp::croak("Cache::FastMmap: page_size " . int($page_size)
-        . " is too small for start_slots $check_slots: a page needs at least $Need bytes"
-        . " (a $PAGE_HEADER_BYTES-byte header, $slot_bytes bytes per slot and room for one item);"
+        . " is too small for start_slots $start_slots: a page needs at least $Need bytes"
+        . " (a $PAGE_HEADER_BYTES-byte header, $SLOT_BYTES bytes per slot and room for one item);"
         . " use a larger page_size or fewer start_slots");
     }
     if (int($page_size) > $MAX_PAGE_SIZE) {
@@ -1187,10 +1176,9 @@ minimum in this mode.  Default 64k.
 =item start_slots
 
 Number of hash slots a fresh page starts with.  Pages grow their slot table
-as they fill up, so this rarely matters.  Default 89; pages smaller than
-4 KiB start with 44, whose table takes as many bytes as the C
-implementation's 89 (a slot takes 8 bytes here, 4 there), so that such a
-page holds as much as there and the same page sizes are accepted.
+as they fill up, so this rarely matters.  Default 44: a slot takes 8 bytes
+here and 4 in the C implementation, so 44 take the bytes of its default 89,
+and a page holds as much as there.
 
 =back
 
@@ -1212,7 +1200,8 @@ the C<start_slots> and one small item makes C<new> croak with a message
 that names the offending option.  The largest page is 1 GiB.
 
 Each item needs a 24-byte header plus its key and value, and its share of
-the slot table: 8 bytes a slot, with between 30% and 70% of the slots in use.  Because a
+the slot table: 8 bytes a slot, with between 30% and 70% of the slots in
+use after the table has grown to fit.  Because a
 page is emptied down to 60% before a new item is added, an item larger than
 roughly 40% of a page can only be stored in a page that is mostly free; items
 larger than a page can never be stored and C<set> returns false for them.

@@ -2,7 +2,9 @@
 //!
 //! The layout and the eviction arithmetic follow upstream Cache::FastMmap (so that hit rates
 //! users tuned against stay the same): header fields are native-endian u32s; an item is a
-//! 24-byte header, the key bytes, then the value bytes, padded to 4 bytes.
+//! 24-byte header, the key bytes, then the value bytes, padded to 4 bytes. Our slots are
+//! twice the size of upstream's, so tables have half as many (44 to start with; growth at
+//! `GROW_KEPT` in expunge.rs) and take upstream's bytes: a page holds what upstream's holds.
 //!
 //! A slot is 8 bytes, two native-endian u32s (upstream's is only the first):
 //! - the item's page-relative offset, or 0 (empty, stops probing) or 1 (deleted, probing
