@@ -389,18 +389,31 @@ pub unsafe extern "C" fn fc_write(
     stored: *mut i32,
 ) -> c_int {
     let (k, v) = (bytes(key, key_len), bytes(val, val_len));
+    let modseq = (has_modseq != 0).then_some(modseq);
     call(c, |cache| {
-        let r = cache.write(&NewItem {
-            slot_hash,
-            key: k,
-            val: v,
-            expire_on,
-            flags: flags & !(FC_TOMBSTONE | FC_HASMODSEQ),
-            modseq: (has_modseq != 0).then_some(modseq),
-        })?;
+        let r = cache.write(&value_item(slot_hash, k, v, expire_on, flags, modseq))?;
         put(stored, r.code());
         Ok(())
     })
+}
+
+/// A value (not a tombstone) to store, with the caller's flags less the engine's own.
+fn value_item<'a>(
+    slot_hash: u32,
+    key: &'a [u8],
+    val: &'a [u8],
+    expire_on: u32,
+    flags: u32,
+    modseq: Option<u64>,
+) -> NewItem<'a> {
+    NewItem {
+        slot_hash,
+        key,
+        val,
+        expire_on,
+        flags: flags & !(FC_TOMBSTONE | FC_HASMODSEQ),
+        modseq,
+    }
 }
 
 /// What `set` does in the locked page of a cache without write-back: expunges the least
@@ -424,14 +437,7 @@ pub unsafe extern "C" fn fc_store(
 ) -> c_int {
     let (k, v) = (bytes(key, key_len), bytes(val, val_len));
     call(c, |cache| {
-        let r = cache.store(&NewItem {
-            slot_hash,
-            key: k,
-            val: v,
-            expire_on,
-            flags: flags & !(FC_TOMBSTONE | FC_HASMODSEQ),
-            modseq: None,
-        })?;
+        let r = cache.store(&value_item(slot_hash, k, v, expire_on, flags, None))?;
         put(stored, r.code());
         Ok(())
     })

@@ -686,7 +686,7 @@ fcx_store_wb(pTHX_ FcxHandle *x, SV *wb_self, const char *k, STRLEN klen, int ku
     int32_t result = 0;
 
     if (bytes) {
-        (void)SvPV_nomg(bytes, vlen);
+        v = SvPV_nomg(bytes, vlen);
         if (kutf8)
             flags |= FCX_UTF8KEY;
     }
@@ -696,8 +696,6 @@ fcx_store_wb(pTHX_ FcxHandle *x, SV *wb_self, const char *k, STRLEN klen, int ku
     }
     if (!wb_self) {
         /* Nobody to tell about evictions: room and store in one call. */
-        if (bytes)
-            v = SvPV_nomg(bytes, vlen);
         if (fc_store(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen, expire_on,
                      flags, &result) != 0)
             fcx_fail_unlock(aTHX_ x->c);
@@ -742,6 +740,22 @@ fcx_multi_key(pTHX_ const char *p, STRLEN plen, SV *key)
     sv_catpvn_nomg(full, "-", 1);
     sv_catpvn_nomg(full, k, klen);
     return full;
+}
+
+/* The same "$PageKey-$Key" into full, which holds "$PageKey-" (plen bytes
+ * before the '-'): reused key after key, no new SV.  Returns its bytes, with
+ * their length and slot hash. */
+static const char *
+fcx_multi_key_into(pTHX_ FcxHandle *x, SV *full, STRLEN plen, SV *key, STRLEN *klen,
+                   uint32_t *slot)
+{
+    STRLEN kl;
+    const char *kp = SvPV_nomg(key, kl), *k;
+    SvCUR_set(full, plen + 1);
+    sv_catpvn_nomg(full, kp, kl);
+    k = SvPV_nomg(full, *klen);
+    fc_hash(x->c, (const uint8_t *)k, *klen, NULL, slot);
+    return k;
 }
 
 /* Sets hv->{key} to v when want, else deletes it, reusing the value SV.
@@ -1393,16 +1407,10 @@ set(self, ...)
          * to the unlock, so no guard is needed, and fc_store makes room and
          * stores in one call. */
         dXSTARG;
-        STRLEN vlen;
-        const char *v = SvPV_nomg(ST(2), vlen);
         flags = x->dirty | (SvUTF8(ST(2)) ? FCX_UTF8VAL : 0);
         k = SvPV_nomg(key, klen);
-        if (SvUTF8(key))
-            flags |= FCX_UTF8KEY;
         slot = fcx_lock_key(aTHX_ x, k, klen);
-        if (fc_store(x->c, slot, (const uint8_t *)k, klen, (const uint8_t *)v, vlen, expire_on,
-                     flags, &result) != 0)
-            fcx_fail_unlock(aTHX_ x->c);
+        result = fcx_store(x, k, klen, SvUTF8(key) ? 1 : 0, slot, ST(2), expire_on, flags);
         fc_unlock(x->c);
         fcx_warnings(aTHX_ x->c);
         sv_setiv(TARG, result == 1 ? 1 : 0);
@@ -1633,12 +1641,7 @@ multi_get(self, ...)
     unlocked = 1;
     for (i = 0; i <= last && unlocked; i++) {
         SV *ks = *av_fetch(av, i, 0);
-        STRLEN kl;
-        const char *kp = SvPV_nomg(ks, kl);
-        SvCUR_set(full, plen + 1);
-        sv_catpvn_nomg(full, kp, kl);
-        k = SvPV_nomg(full, klen);
-        fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
+        k = fcx_multi_key_into(aTHX_ x, full, plen, ks, &klen, &slot);
         if (!fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &t)
             || (i > 0 && t != ticket)) {
             unlocked = 0;
@@ -1661,12 +1664,7 @@ multi_get(self, ...)
     /* Values go straight from the page into the result hash. */
     for (i = 0; i <= last && !unlocked; i++) {
         SV *ks = *av_fetch(av, i, 0);
-        STRLEN kl;
-        const char *kp = SvPV_nomg(ks, kl);
-        SvCUR_set(full, plen + 1);
-        sv_catpvn_nomg(full, kp, kl);
-        k = SvPV_nomg(full, klen);
-        fc_hash(x->c, (const uint8_t *)k, klen, NULL, &slot);
+        k = fcx_multi_key_into(aTHX_ x, full, plen, ks, &klen, &slot);
         if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
             fcx_fail_unlock(aTHX_ x->c);
         if (r.found) {
