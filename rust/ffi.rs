@@ -724,8 +724,10 @@ pub struct FcFileInfo {
     pub num_pages: u32,
     pub start_slots: u32,
     pub file_size: u64,
+    /// Page 0's lock entry and page 0; page n's are n * page_stride further on.
     pub lock_table_off: u64,
     pub pages_off: u64,
+    pub page_stride: u64,
     /// 1 when another process has the file open.
     pub in_use: u32,
     pub reads: u64,
@@ -835,6 +837,7 @@ pub unsafe extern "C" fn fc_inspect_header(h: *mut FcInspect, out: *mut FcFileIn
                 file_size: l.file_size,
                 lock_table_off: l.lock_table_off,
                 pages_off: l.pages_off,
+                page_stride: l.page_stride,
                 in_use: u32::from(ins.in_use()),
                 reads: k.reads,
                 hits: k.hits,

@@ -1,7 +1,7 @@
 //! The share file: its header, layout, safe creation and opening.
 //!
-//! Layout: a 4 KiB header, a lock table (one 64-byte entry per page, rounded up to 4 KiB),
-//! then `num_pages` pages of `page_size` bytes.
+//! Layout: a 4 KiB header, then `num_pages` times a 64-byte lock entry followed by its page
+//! of `page_size` bytes (see [`Layout::new`] for why they are interleaved).
 //!
 //! Creation never exposes a half-made file: a new file is built and initialised under a
 //! temporary name in the same directory, then linked into place (or renamed over a file that
@@ -31,9 +31,10 @@ use std::path::{Path, PathBuf};
 
 const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
 /// Version 2: the header also holds the cumulative counters of `stats.rs`. Version 3: pages
-/// have 8-byte slots (an offset, a tag and an access time; see `page`). Files of another
-/// version are replaced like any other mismatch.
-pub const FORMAT_VERSION: u32 = 3;
+/// have 8-byte slots (an offset, a tag and an access time; see `page`). Version 4: each
+/// page follows its lock entry instead of all entries coming first. Files of another version
+/// are replaced like any other mismatch.
+pub const FORMAT_VERSION: u32 = 4;
 pub const HEADER_SIZE: u64 = 4096;
 /// Header offset of the lock backend's kind (`lock::KIND`) and, after it, the lock table's
 /// stride and the backend's detail (`lock::KIND_DETAIL`).
@@ -58,13 +59,13 @@ pub struct Geometry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
     pub geometry: Geometry,
+    /// Offset of page 0's lock entry; page `n`'s is `page_stride * n` further on.
     pub lock_table_off: u64,
+    /// Offset of page 0; page `n` is `page_stride * n` further on.
     pub pages_off: u64,
+    /// Distance from one page's lock entry (and page) to the next: `LOCK_STRIDE + page_size`.
+    pub page_stride: u64,
     pub file_size: u64,
-}
-
-fn round_up(x: u64, to: u64) -> u64 {
-    x.div_ceil(to) * to
 }
 
 impl Layout {
@@ -89,12 +90,15 @@ impl Layout {
                 g.page_size, g.start_slots
             )));
         }
+        // Each page follows its lock entry. Every lookup reads both, so they share a
+        // neighbourhood (one TLB entry, adjacent lines); and the 64 bytes between
+        // power-of-two pages keep the page headers from all falling into the same cache sets.
         let lock_table_off = HEADER_SIZE;
-        let pages_off =
-            lock_table_off + round_up(u64::from(g.num_pages) * LOCK_STRIDE as u64, 4096);
+        let pages_off = lock_table_off + LOCK_STRIDE as u64;
+        let page_stride = LOCK_STRIDE as u64 + u64::from(g.page_size);
         let file_size = u64::from(g.num_pages)
-            .checked_mul(u64::from(g.page_size))
-            .and_then(|d| d.checked_add(pages_off))
+            .checked_mul(page_stride)
+            .and_then(|d| d.checked_add(lock_table_off))
             .filter(|&s| s <= isize::MAX as u64 && s <= i64::MAX as u64)
             .ok_or_else(|| {
                 Error::new(format!(
@@ -106,8 +110,19 @@ impl Layout {
             geometry: g,
             lock_table_off,
             pages_off,
+            page_stride,
             file_size,
         })
+    }
+
+    /// File offset of page `n`.
+    pub fn page_off(&self, n: u32) -> u64 {
+        self.pages_off + u64::from(n) * self.page_stride
+    }
+
+    /// File offset of page `n`'s lock entry.
+    pub fn lock_off(&self, n: u32) -> u64 {
+        self.lock_table_off + u64::from(n) * self.page_stride
     }
 
     fn header_bytes(&self) -> [u8; HEADER_FIELDS + 8] {
@@ -279,7 +294,7 @@ impl MappedFile {
     /// Pointer to the start of page `n`. Valid while `self` lives; `n < num_pages`.
     pub fn page_ptr(&self, n: u32) -> *mut u8 {
         debug_assert!(n < self.layout.geometry.num_pages);
-        let off = self.layout.pages_off + u64::from(n) * u64::from(self.layout.geometry.page_size);
+        let off = self.layout.page_off(n);
         self.map.as_mut_ptr().wrapping_add(off as usize)
     }
 
@@ -288,10 +303,10 @@ impl MappedFile {
         self.map.as_mut_ptr()
     }
 
-    /// Pointer to page `n`'s lock table entry. Valid while `self` lives; `n < num_pages`.
+    /// Pointer to page `n`'s lock entry. Valid while `self` lives; `n < num_pages`.
     pub fn lock_entry(&self, n: u32) -> *mut u8 {
         debug_assert!(n < self.layout.geometry.num_pages);
-        let off = self.layout.lock_table_off + u64::from(n) * LOCK_STRIDE as u64;
+        let off = self.layout.lock_off(n);
         self.map.as_mut_ptr().wrapping_add(off as usize)
     }
 
@@ -431,6 +446,7 @@ impl MappedFile {
                     slot: lock::NO_SLOT,
                     fd: -1,
                     lock_table_off: layout.lock_table_off,
+                    lock_stride: layout.page_stride,
                 },
             };
             if exclusive {
@@ -451,6 +467,7 @@ impl MappedFile {
                 meta.dev(),
                 meta.ino(),
                 layout.lock_table_off,
+                layout.page_stride,
                 &shown,
             )?;
             return Ok(mf);
@@ -609,11 +626,8 @@ fn init_file_contents(file: &File, layout: &Layout, shown: &str) -> Result<()> {
     unsafe {
         std::ptr::copy_nonoverlapping(header.as_ptr(), base, header.len());
         for n in 0..g.num_pages {
-            let entry =
-                base.add((layout.lock_table_off + u64::from(n) * LOCK_STRIDE as u64) as usize);
-            lock::init(entry)?;
-            let page =
-                base.add((layout.pages_off + u64::from(n) * u64::from(g.page_size)) as usize);
+            lock::init(base.add(layout.lock_off(n) as usize))?;
+            let page = base.add(layout.page_off(n) as usize);
             Page::new(std::slice::from_raw_parts_mut(page, g.page_size as usize))
                 .init_zeroed(g.start_slots);
         }

@@ -17,7 +17,7 @@
 use crate::error::{Error, Result};
 use crate::file::{parse_header, Layout, HEADER_SIZE};
 use crate::hash::belongs_on;
-use crate::lock::{self, DIRTY_OFF, LOCK_STRIDE};
+use crate::lock::{self, DIRTY_OFF};
 use crate::page::{Item, Page, FLAG_ISDIRTY};
 use crate::stats::{self, Counters};
 use crate::time::{self, is_expired};
@@ -227,12 +227,12 @@ impl Inspector {
     }
 
     fn entry_ptr(l: &Layout, m: &MmapRaw, n: u32) -> *mut u8 {
-        let off = l.lock_table_off + u64::from(n) * LOCK_STRIDE as u64;
+        let off = l.lock_off(n);
         m.as_mut_ptr().wrapping_add(off as usize)
     }
 
     fn page_ptr(l: &Layout, m: &MmapRaw, n: u32) -> *mut u8 {
-        let off = l.pages_off + u64::from(n) * u64::from(l.geometry.page_size);
+        let off = l.page_off(n);
         m.as_mut_ptr().wrapping_add(off as usize)
     }
 

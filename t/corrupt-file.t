@@ -1,7 +1,7 @@
 #!perl
 # Corrupt share files never crash (issue 5, DESIGN 4-5). A closed cache file
-# is damaged in one region per round -- the file header, the lock table, a
-# page header, a slot table or the item area -- by flipping bits, bytes or
+# is damaged in one region per round -- the file header, a page's lock entry,
+# a page header, a slot table or the item area -- by flipping bits, bytes or
 # whole u32 words, then a CHILD process reopens it and runs get / set /
 # get_keys / remove / purge. The child must never die by a signal
 # (SIGSEGV/SIGBUS), never hang (kernel alarm), and never croak: a damaged
@@ -24,18 +24,15 @@ my $SEED = $ENV{FASTMMAP_CORRUPT_SEED} // (time ^ $$);
 srand($SEED);
 diag("corrupt-file seed $SEED (FASTMMAP_CORRUPT_SEED=$SEED replays it)");
 
-# The file layout (DESIGN 4-5): a 4096-byte header, the lock table (64 bytes
-# per page, rounded up to 4096), then the pages; a page is a 32-byte header
-# (magic, num_slots, free_slots, old_slots, free_data, free_bytes, nreads,
-# nreadhits), the slot table, then the items.
-my $HEADER = 4096;
+# The file layout (DESIGN 4-5, FMTest's lock_entry_off / page_off): the
+# file header, then every page's 64-byte lock entry, each followed by its
+# page; a page is a 32-byte header (magic, num_slots, free_slots, old_slots,
+# free_data, free_bytes, nreads, nreadhits), the slot table, then the items.
 my $HEADER_CHECKED = 80;      # the header fields + checksum
 my %GEOM = (num_pages => 5, page_size => 8192);
 my $NP = $GEOM{num_pages};
 my $PS = $GEOM{page_size};
-my $LOCK_OFF = $HEADER;
-my $PAGES_OFF = $LOCK_OFF + 4096 * int(($NP * 64 + 4095) / 4096);
-my $FILE_SIZE = $PAGES_OFF + $NP * $PS;
+my $FILE_SIZE = FMTest::file_size($NP, $PS);
 
 my $dir = FMTest::tmpdir();
 my $file = "$dir/corrupt-cache";
@@ -65,22 +62,25 @@ my %PAGE_OF;
     $PAGE_OF{$_} = (Cache::FastMmap::fc_hash($c->{Cache}, $_))[0] for @KEYS;
     is($c->repaired_pages, 0, 'pristine file: nothing repaired');
 }
-is(-s $file, $FILE_SIZE, 'file size is header + lock table + pages as documented');
+is(-s $file, $FILE_SIZE, 'file size is header + (lock entry + page) per page as documented');
 my $PRISTINE = do { local $/; open my $fh, '<:raw', $file or die "$file: $!"; <$fh> };
 my @LIVE = grep { !/^key(\d+)\z/ || $1 % 7 } @KEYS;
 
-sub page_off { $PAGES_OFF + $_[0] * $PS }
+sub page_off { FMTest::page_off($PS, $_[0]) }
 sub u32_at { unpack 'L', substr($_[0], $_[1], 4) }
 
-# Regions of the pristine image, as [name, page (or undef), start, length].
+# Regions of the pristine image, as [name, page (or undef), start, length]:
+# the header, and for every page its lock entry (no longer one contiguous
+# lock table: each entry sits just before its page), page header, slot table
+# and item area.
 sub regions {
-    my @r = (['header', undef, 0, $HEADER_CHECKED],
-             ['lock table', undef, $LOCK_OFF, $NP * 64]);
+    my @r = (['header', undef, 0, $HEADER_CHECKED]);
     for my $p (0 .. $NP - 1) {
         my $o = page_off($p);
         my $slots = u32_at($PRISTINE, $o + 4);
         my $free_data = u32_at($PRISTINE, $o + 16);
-        push @r, ['page header', $p, $o, 32],
+        push @r, ['lock entry', $p, FMTest::lock_entry_off($PS, $p), FMTest::LOCK_ENTRY_BYTES],
+                 ['page header', $p, $o, 32],
                  ['slot table', $p, $o + 32, FMTest::SLOT_BYTES * $slots],
                  ['items', $p, $o + FMTest::slot_pos($slots), $free_data - FMTest::slot_pos($slots)];
     }
@@ -90,7 +90,7 @@ my @REGIONS = regions();
 
 # One random change inside [start, start+len): returns the new image.
 my @WORDS = (0, 1, 2, 3, 4, 0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, $PS - 1, $PS, $PS + 4,
-             $PS - 24, 32, 36, 4096, 0x4650_4731);
+             $PS - 24, 32, 36, 4096, FMTest::LOCK_ENTRY_BYTES + $PS, 0x4650_4731);
 sub damage {
     my ($img, $start, $len) = @_;
     my $kind = int rand 6;
@@ -222,6 +222,9 @@ for my $round (1 .. $ROUNDS) {
     my ($r, $st) = exercise(test_file => $test_file);
     my $tag = "round $round ($rname" . (defined $page ? " of page $page" : '')
             . ($test_file ? ', test_file' : '') . ')';
+    # The page whose contents were damaged (a lock entry's page is not: no
+    # repair and no wrong value is allowed for it).
+    my $hurt = $rname eq 'lock entry' ? undef : $page;
 
     if (FMTest::describe_status($st) ne 'exit 0' || !$r) {
         $note_fail->(crash => "$tag: child " . FMTest::describe_status($st));
@@ -241,8 +244,8 @@ for my $round (1 .. $ROUNDS) {
     for my $w (@page_warn) {
         $note_fail->(warning => "$tag: badly formed warning: $w")
             unless $w =~ /^page (\d+) of \Q$file\E reinitialised: \S.*/;
-        $note_fail->(warning => "$tag: page $1 repaired, but page " . ($page // 'none') . " was damaged")
-            if $w =~ /^page (\d+) / && (!defined $page || $1 != $page);
+        $note_fail->(warning => "$tag: page $1 repaired, but page " . ($hurt // 'none') . " was damaged")
+            if $w =~ /^page (\d+) / && (!defined $hurt || $1 != $hurt);
     }
     $note_fail->(count => "$tag: repaired_pages $r->{repaired} but " . @page_warn . " warnings")
         unless ($r->{repaired} // -1) == @page_warn;
@@ -251,7 +254,7 @@ for my $round (1 .. $ROUNDS) {
     # Values read from pages nobody damaged must be exact; a damaged value
     # area may give a wrong value (there are no value checksums), but only
     # for keys of the damaged page.
-    my @wrong = grep { !defined $page || $PAGE_OF{$_} != $page } @{ $r->{bad_values} };
+    my @wrong = grep { !defined $hurt || $PAGE_OF{$_} != $hurt } @{ $r->{bad_values} };
     $note_fail->(value => "$tag: wrong values for @wrong") if @wrong;
 
     if ($rname eq 'header') {
@@ -266,7 +269,7 @@ for my $round (1 .. $ROUNDS) {
     else {
         $note_fail->(inode => "$tag: file replaced although its header was intact")
             if $r->{ino} != $old_ino;
-        if ($rname eq 'lock table') {
+        if ($rname eq 'lock entry') {
             # The sole opener re-initialises the lock words; a stray
             # "being mutated" marker only causes a (passing) validation.
             $note_fail->(lock => "$tag: pages repaired") if $r->{repaired};
@@ -277,7 +280,7 @@ for my $round (1 .. $ROUNDS) {
         else {
             # Keys of undamaged pages are all there.
             my %found = map { $_ => 1 } @{ $r->{found} };
-            my @lost = grep { !$found{$_} && $PAGE_OF{$_} != $page } @LIVE;
+            my @lost = grep { !$found{$_} && $PAGE_OF{$_} != $hurt } @LIVE;
             $note_fail->(lost => "$tag: keys of undamaged pages lost: @lost") if @lost;
         }
     }
@@ -296,7 +299,7 @@ for my $what (qw(crash croak set counter clear warning count value header inode 
     my $f = $fail{$what} || [];
     ok(!@$f, "no failures of kind '$what'") or diag(join "\n", @$f[0 .. ($#$f < 9 ? $#$f : 9)]);
 }
-is_deeply([sort keys %seen_region], [sort 'header', 'lock table', 'page header', 'slot table', 'items'],
+is_deeply([sort keys %seen_region], [sort 'header', 'lock entry', 'page header', 'slot table', 'items'],
           'every region was damaged in some round');
 ok($repairs, "some rounds repaired a page ($repairs)");
 ok($fresh, "some rounds replaced a damaged header ($fresh)");
@@ -354,7 +357,7 @@ for my $test_file (0, 1) {
 }
 
 # Truncated, extended and all-garbage files of the right size: replaced.
-for my $case (['truncated', substr($PRISTINE, 0, $PAGES_OFF + 100)],
+for my $case (['truncated', substr($PRISTINE, 0, page_off(0) + 100)],
               ['extended', $PRISTINE . ("\0" x 4096)],
               ['random bytes', join('', map { chr int rand 256 } 1 .. $FILE_SIZE)],
               ['all 0xFF', "\xFF" x $FILE_SIZE]) {

@@ -150,18 +150,17 @@ for my $config (sort keys %CONFIG) {
 # ------------------------------------- fatal warnings meet a repair warning
 # A damaged page is repaired (with a warning) by the next call that locks it;
 # a __WARN__ handler that dies there must not leave the page locked.
-# With $marked, the page's "being modified" marker in the lock table is set
+# With $marked, the page's "being modified" marker in its lock entry is set
 # as well (as a writer killed mid-change leaves it), so the repair, and its
 # warning, happen while the lock is being taken.
 sub damage_page {
     my ($c, $page, $marked) = @_;
-    my $np = $c->{num_pages};
-    my $off = 4096 + 4096 * int(($np * 64 + 4095) / 4096) + $page * $c->{page_size};
+    my $off = FMTest::page_off($c->{page_size}, $page);
     open my $fh, '+<:raw', $c->{share_file} or die "$c->{share_file}: $!";
     sysseek($fh, $off, 0) or die "seek: $!";
     syswrite($fh, pack('L', 0xDEADBEEF)) == 4 or die "write: $!";
     if ($marked) {
-        sysseek($fh, 4096 + $page * 64 + 56, 0) or die "seek: $!";
+        sysseek($fh, FMTest::lock_entry_off($c->{page_size}, $page) + 56, 0) or die "seek: $!";
         syswrite($fh, pack('L', 1)) == 4 or die "write: $!";
     }
     close $fh;

@@ -66,7 +66,7 @@ my $sum = md5_of($file);
 
     ($st, $out, $err) = run_cmd('info', $file);
     is($st, 0, 'info exits 0') or diag $err;
-    like($out, qr/^format\s+3$/m, 'info: format version');
+    like($out, qr/^format\s+4$/m, 'info: format version');
     like($out, qr/num_pages 5, page_size 16384/, 'info: geometry');
     like($out, qr/^entries\s+41 live, 0 expired, 0 tombstones, 0 dirty$/m, 'info: entries');
     like($out, qr/^in use\s+no$/m, 'info: nobody has it open');
@@ -103,6 +103,21 @@ my $sum = md5_of($file);
         ($st, $out) = run_cmd('verify', '--json', $file);
         ok(eval { $j->decode($out)->{sound} }, 'verify --json: sound');
     }
+
+    # The header the command reads (Cache::FastMmap::Inspect) gives the
+    # layout that FMTest's offsets, used below to damage the file, assume:
+    # each page's lock entry just before the page, one page_stride apart.
+    my $ins = Cache::FastMmap::Inspect->open($file);
+    my $hdr = $ins->header || {};
+    my ($np, $ps) = @GEO{qw(num_pages page_size)};
+    is($hdr->{page_stride}, FMTest::LOCK_ENTRY_BYTES + $ps, 'Inspect header: page_stride is lock entry + page');
+    is($hdr->{lock_table_offset}, FMTest::lock_entry_off($ps, 0), "Inspect header: page 0's lock entry");
+    is($hdr->{pages_offset}, FMTest::page_off($ps, 0), 'Inspect header: page 0');
+    is(($hdr->{pages_offset} // 0) + ($np - 1) * ($hdr->{page_stride} // 0), FMTest::page_off($ps, $np - 1),
+       'Inspect header: the last page is a stride per page on');
+    is($hdr->{file_size}, FMTest::file_size($np, $ps), 'Inspect header: file size');
+    is($hdr->{format_version}, 4, 'Inspect header: format version');
+    undef $ins;
     is(md5_of($file), $sum, 'none of that changed a byte of the file');
 }
 
@@ -115,11 +130,10 @@ sub poke {
     syswrite($fh, $bytes) == length $bytes or die;
     close $fh;
 }
-my $PAGES = 4096 + 4096;       # header + lock table of 5 entries, rounded
 {
     my $bad = FMTest::share_file('bad');
     system('cp', $file, $bad) == 0 or die;
-    poke($bad, $PAGES + 2 * 16384 + 4, "\xFF\xFF\xFF\x7F");     # page 2's slot count
+    poke($bad, FMTest::page_off($GEO{page_size}, 2) + 4, "\xFF\xFF\xFF\x7F");     # page 2's slot count
     my ($st, $out, $err) = run_cmd('verify', $bad);
     is($st >> 8, 1, 'verify: a damaged page exits 1');
     is($st & 127, 0, '... not by a signal');
@@ -132,7 +146,7 @@ my $PAGES = 4096 + 4096;       # header + lock table of 5 entries, rounded
     # A lock entry scribbled over (page 4) is reported too.
     my $lk = FMTest::share_file('badlock');
     system('cp', $file, $lk) == 0 or die;
-    poke($lk, 4096 + 4 * 64, "\xFF" x 48);
+    poke($lk, FMTest::lock_entry_off($GEO{page_size}, 4), "\xFF" x 48);
     # (The fcntl backend keeps no mutex there, only a holder record after these bytes:
     # nothing of what is scribbled over is read.)
     my $mutex_entries = Cache::FastMmap::_lock_backend() eq 'robust-mutex';

@@ -2,7 +2,7 @@
 # A child forked while its parent holds a page lock, half-way through a
 # change, inherits the handle's "locked" state but not the lock: whatever
 # the child does with that handle -- fc_unlock, or dropping the object --
-# must leave the parent's lock and the page's lock-table words alone (see
+# must leave the parent's lock and the page's lock-entry words alone (see
 # rust/fork.rs and Cache::unlock). Checked from the parent's side only, so
 # that it holds whether the child's page operations work or croak:
 #  - the lock word still names the parent (glibc layout, Linux),
@@ -20,7 +20,6 @@ use Test::More;
 my $T0 = FMTest::T0;
 Cache::FastMmap::_set_time_override($T0);
 
-my $HEADER = 4096;    # file header; the lock table follows, 64 bytes a page
 my %GEOM = (num_pages => 3, page_size => 8192);
 
 # One descriptor per file, kept open: with the fcntl lock backend, closing any
@@ -58,7 +57,7 @@ for my $how ('fc_unlock', 'object dropped') {
         ($mate, $mate_slot) = ("mate$i", $s) if $p == $page;
     }
     $c->set($mate, 'before');
-    my $entry = $HEADER + 64 * $page;
+    my $entry = FMTest::lock_entry_off($GEOM{page_size}, $page);
     my $start = u32_at($file, $entry + 60);
     is($start % 2, 0, "$how: change counter even at rest");
 

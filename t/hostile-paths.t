@@ -12,7 +12,7 @@ use File::Temp ();
 use POSIX ();
 
 my %GEOM = (num_pages => 3, page_size => 8192, serializer => '', unlink_on_exit => 0);
-my $SIZE = 4096 + 4096 + 3 * 8192;
+my $SIZE = FMTest::file_size($GEOM{num_pages}, $GEOM{page_size});
 my $dir = FMTest::tmpdir();
 
 sub slurp { open my $fh, '<:raw', $_[0] or return undef; local $/; scalar <$fh> }

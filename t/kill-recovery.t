@@ -33,9 +33,6 @@ use IO::Select;
 use Time::HiRes ();
 use Storable ();
 
-my $HEADER = 4096;
-sub lock_table_size { 4096 * int(($_[0] * 64 + 4095) / 4096) }
-
 sub value_for {
     my ($key, $gen, $pad) = @_;
     my $body = "$key|$gen|" . ('p' x ($pad // 0));
@@ -92,11 +89,11 @@ sub same_page_keys {
 }
 
 # The entries (key => value) that page $page of $file holds, read from the
-# file (layout: see FMTest's slot_pos).
+# file (layout: see FMTest's page_off and slot_pos).
 # Only for a page nobody is changing. Also returns key => item offset.
 sub page_entries {
     my ($file, $page, %geom) = @_;
-    my $base = $HEADER + lock_table_size($geom{num_pages}) + $page * $geom{page_size};
+    my $base = FMTest::page_off($geom{page_size}, $page);
     open my $fh, '<:raw', $file or die "$file: $!";
     sysseek($fh, $base, 0) or die;
     sysread($fh, my $p, $geom{page_size}) == $geom{page_size} or die "short read";
@@ -226,9 +223,7 @@ for my $damage (0, 1, 2) {
     # page is locked and already changed)
     my ($page, @mates) = same_page_keys($c, 'seed', 100);
     $c->set($_, value_for($_, 0, 60)) for @mates;
-    my $lock_entry = $HEADER + 64 * $page;
-    my $pages_off = $HEADER + lock_table_size($geom{num_pages});
-    my $page_off = $pages_off + $page * $geom{page_size};
+    my $lock_entry = FMTest::lock_entry_off($geom{page_size}, $page);
     is(read_u32($file, $lock_entry + 56), 0, "$tag: marker clear before the victim runs");
 
     pipe($r, $w) or die;
@@ -244,10 +239,11 @@ for my $damage (0, 1, 2) {
     my $got = wait_for_byte($r, 30);
     is($got, 'L', "$tag: victim is in write_cb with the page locked");
     # the victim may be on another page than $page: find the marked page
-    my @marked = grep { read_u32($file, $HEADER + 64 * $_ + 56) } 0 .. $geom{num_pages} - 1;
+    my @marked = grep { read_u32($file, FMTest::lock_entry_off($geom{page_size}, $_) + 56) }
+        0 .. $geom{num_pages} - 1;
     is(scalar @marked, 1, "$tag: exactly one page is marked as being changed");
     my $vpage = $marked[0] // 0;
-    $page_off = $pages_off + $vpage * $geom{page_size};
+    my $page_off = FMTest::page_off($geom{page_size}, $vpage);
     # what the page holds now, every entry complete (the victim sleeps in
     # write_cb, between its expunge and its write)
     my ($held, $at) = page_entries($file, $vpage, %geom);
@@ -276,7 +272,8 @@ for my $damage (0, 1, 2) {
     my @keys = eval { bounded(20, sub { $c->get_keys(0) }) };
     is($@, '', "$tag: get_keys after the kill works");
     ok(scalar @keys, "$tag: get_keys after the kill returns entries");
-    is(read_u32($file, $HEADER + 64 * $vpage + 56), 0, "$tag: marker cleared by the next locker");
+    is(read_u32($file, FMTest::lock_entry_off($geom{page_size}, $vpage) + 56), 0,
+       "$tag: marker cleared by the next locker");
     my @bad = grep { my $v = eval { $c->get($_) }; $@ || (defined $v && !value_ok($_, $v)) } @keys;
     is_deeply(\@bad, [], "$tag: every value left is one written for its key");
     my @problems = page_problems($c, $file, $vpage, $held, \@gone, %geom);

@@ -25,7 +25,6 @@ use IO::Select;
 use Time::HiRes ();
 
 my %GEOM = (num_pages => 3, page_size => 16384, serializer => '', unlink_on_exit => 0);
-my $HEADER = 4096;
 
 # ---------------------------------------------------------------- 0. which backend
 my $backend = Cache::FastMmap::_lock_backend();
@@ -140,7 +139,7 @@ SKIP: {
     # would drop the fcntl backend's locks.
     is(FMTest::run_in_child(30, sub {
         open my $fh, '<:raw', $file or die "$file: $!";
-        sysseek($fh, $HEADER + $page * 64 + 56, 0) or die;
+        sysseek($fh, FMTest::lock_entry_off($GEOM{page_size}, $page) + 56, 0) or die;
         sysread($fh, my $m, 4) == 4 or die;
         return unpack('L', $m) == 0 ? 0 : 1;
     }), 0, 'no change marker is left on the page');

@@ -12,11 +12,11 @@ use FMTest;
 use Test::More;
 use Time::HiRes ();
 
-plan skip_all => 'the lock-table layout checked here is glibc/Linux'
+plan skip_all => 'the lock-entry layout checked here is glibc/Linux'
     unless $^O eq 'linux';
 
-my $HEADER = 4096;
 my %GEOM = (num_pages => 1, page_size => 16384, serializer => '', unlink_on_exit => 0);
+my $ENTRY = FMTest::lock_entry_off($GEOM{page_size}, 0);   # the one page's lock entry
 
 sub poke {
     my ($file, $off, $bytes) = @_;
@@ -37,7 +37,7 @@ for my $case (@cases) {
     my $file = FMTest::share_file('words');
     my $keep = Cache::FastMmap->new(share_file => $file, %GEOM);   # another user
     $keep->set('old', 'kept');
-    poke($file, $HEADER, $bytes);
+    poke($file, $ENTRY, $bytes);
     my $st = FMTest::run_in_child(30, sub {
         my @w;
         local $SIG{__WARN__} = sub { push @w, @_ };

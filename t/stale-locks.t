@@ -27,12 +27,14 @@ use Test::More;
 use IO::Select;
 use Storable ();
 
-my $HEADER = 4096;
 my %GEOM = (num_pages => 4, page_size => 8192);
-my $PAGES_OFF = $HEADER + 4096 * int(($GEOM{num_pages} * 64 + 4095) / 4096);
 my $FUTEX_OWNER_DIED = 0x40000000;
 
 sub value_for { my ($k, $g) = @_; "$k=$g=" . unpack('%32C*', "$k$g") }
+
+# File offsets of page $page's lock entry and of the page (see FMTest).
+sub entry_off { FMTest::lock_entry_off($GEOM{page_size}, $_[0]) }
+sub page_off { FMTest::page_off($GEOM{page_size}, $_[0]) }
 
 sub rw_u32 {
     my ($file, $off, $new) = @_;
@@ -62,20 +64,20 @@ sub new_cache {
 }
 
 # What a writer that dies part-way through changing page $page leaves in
-# its lock table entry: the "being mutated" marker (offset 56) set and the
+# its lock entry: the "being mutated" marker (offset 56) set and the
 # change counter (offset 60) odd.
 sub mark_changing {
     my ($file, $page) = @_;
-    my $entry = $HEADER + 64 * $page;
+    my $entry = entry_off($page);
     rw_u32($file, $entry + 56, 1);
     rw_u32($file, $entry + 60, rw_u32($file, $entry + 60) | 1);
 }
 
 # Key => offset in the file of every item page $page of $file holds
-# (layout: see FMTest's slot_pos).
+# (layout: see FMTest's page_off and slot_pos).
 sub item_offsets {
     my ($file, $page) = @_;
-    my $base = $PAGES_OFF + $page * $GEOM{page_size};
+    my $base = page_off($page);
     open my $fh, '<:raw', $file or die "$file: $!";
     sysseek($fh, $base, 0) or die;
     sysread($fh, my $p, $GEOM{page_size}) == $GEOM{page_size} or die "short read";
@@ -117,7 +119,7 @@ sub stale_file {
     # every process has now closed the file. Make the lock word look like
     # it does after a reboot: locked by a dead thread (glibc: the futex word
     # at offset 0 and the owner at offset 8 hold the owner's thread id).
-    my $entry = $HEADER + 64 * $page;
+    my $entry = entry_off($page);
     my $word = rw_u32($file, $entry, $pid);
     rw_u32($file, $entry + 8, $pid);
     mark_changing($file, $page) if $mark;
@@ -125,7 +127,7 @@ sub stale_file {
     if ($damage == 1) {
         # a torn update: the free slot count off by one (only a full
         # validation of the page notices)
-        my $o = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+        my $o = page_off($page) + 8;
         rw_u32($file, $o, rw_u32($file, $o) - 1);
     }
     elsif ($damage == 2) {
@@ -236,8 +238,8 @@ for my $case (['stale lock word', 0, 0], ['stale lock word + marker', 1, 0],
     is_deeply($r->{bad}, [], "$name: every value intact" . (@gone ? " but the garbled item's (@gone), gone" : ''));
     is_deeply($r->{page}, [], "$name: get_keys agrees with get, new sets on the page work");
     is_deeply([validation_problems($file)], [], "$name: a full validation afterwards finds the file sound");
-    is(rw_u32($file, $HEADER + 64 * $page + 56), 0, "$name: marker clear afterwards");
-    is(rw_u32($file, $HEADER + 64 * $page + 60) % 2, 0, "$name: change counter even afterwards");
+    is(rw_u32($file, entry_off($page) + 56), 0, "$name: marker clear afterwards");
+    is(rw_u32($file, entry_off($page) + 60) % 2, 0, "$name: change counter even afterwards");
 }
 
 # With another user present (a shared liveness lock held by someone else, as
@@ -249,7 +251,7 @@ SKIP: {
     skip 'OFD locks are Linux-only', 3 unless $^O eq 'linux';
     my $file = FMTest::share_file('control');
     my ($page) = stale_file($file, 0, 0);
-    my $entry = $HEADER + 64 * $page;
+    my $entry = entry_off($page);
     my $stale = rw_u32($file, $entry);
     open my $fh, '<', $file or die "$file: $!";
     my $F_OFD_SETLK = 37;
@@ -282,14 +284,14 @@ SKIP: {
         $c->set("k$_", value_for("k$_", 0)) for 1 .. 60;
         ($page) = Cache::FastMmap::fc_hash($c->{Cache}, 'k1');
     }
-    my $o = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+    my $o = page_off($page) + 8;
     rw_u32($file, $o, rw_u32($file, $o) - 1);   # damage only validation sees
     my $ctl = FMTest::share_file('ctl');        # the same damage, no marker
     {
         my $c = new_cache($ctl);
         $c->set("k$_", value_for("k$_", 0)) for 1 .. 60;
     }
-    my $o2 = $PAGES_OFF + $page * $GEOM{page_size} + 8;
+    my $o2 = page_off($page) + 8;
     rw_u32($ctl, $o2, rw_u32($ctl, $o2) - 1);
     mark_changing($file, $page);
     my ($st, $r) = fresh_open($file, $page);

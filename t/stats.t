@@ -127,10 +127,10 @@ for my $es (0, 1) {
                                  num_pages => 1, page_size => 8192);
     $c->set("r$_", 'v') for 1 .. 5;
     is($c->stats->{repairs}, 0, 'no repairs yet');
-    # Scribble over the page header's slot count (header 4096 + lock table 4096).
+    # Scribble over the page header's slot count.
     open(my $fh, '+<', $file) or die "open $file: $!";
     binmode $fh;
-    sysseek($fh, 8192 + 4, 0) or die;
+    sysseek($fh, FMTest::page_off(8192, 0) + 4, 0) or die;
     syswrite($fh, "\xFF\xFF\xFF\xFF") == 4 or die;
     close $fh;
     my @w;

@@ -55,8 +55,8 @@ my $HOLDS = 4;              # rounds of "parent holds the lock, readers read"
 my $BURST = 200;            # gets per reader per round
 my $DEADLINE = 120;         # seconds: bound on the whole stress
 
-my $HEADER = 4096;          # file header; the lock table follows
 my %GEOM = (num_pages => 1, page_size => 8192);
+my $LOCK0 = FMTest::lock_entry_off($GEOM{page_size}, 0);   # the one page's lock entry
 my $file = FMTest::share_file('torn');
 # Two keys of 1200..2200 bytes: at most 2 x 2228 bytes live, under the 60%
 # of the item area (4682 bytes) an expunge keeps, so nothing is ever
@@ -105,9 +105,9 @@ my $FCNTL = Cache::FastMmap::_lock_backend() eq 'fcntl';
 # F_GETLK asks (in Linux's struct flock of 64-bit systems: the holder record in
 # the entry is written just after the lock is had, so it could lag behind).
 sub page0_holder {
-    return u32_at($HEADER) & 0x3fffffff unless $FCNTL;
-    u32_at($HEADER);    # opens $FH
-    my $fl = pack('s s x4 q q i x4', Fcntl::F_WRLCK(), 0, $HEADER, 1, 0);
+    return u32_at($LOCK0) & 0x3fffffff unless $FCNTL;
+    u32_at($LOCK0);    # opens $FH
+    my $fl = pack('s s x4 q q i x4', Fcntl::F_WRLCK(), 0, $LOCK0, 1, 0);
     fcntl($FH, Fcntl::F_GETLK(), $fl) or die "F_GETLK: $!";
     my ($type, $pid) = (unpack('s s x4 q q i x4', $fl))[0, 4];
     return $type == Fcntl::F_UNLCK() ? 0 : $pid;
@@ -263,13 +263,13 @@ for my $round (1 .. $HOLDS) {
     # fcntl backend records the holder's pid at offset 52): the parent, not
     # some other process, holds the lock now
     if (Cache::FastMmap::_lock_backend() eq 'fcntl') {
-        my $owner = u32_at($HEADER + 52);
+        my $owner = u32_at($LOCK0 + 52);
         push @hold_problems, "round $round: holder record names $owner, not $$" if $owner != $$;
     } elsif ($^O eq 'linux') {
-        my $owner = u32_at($HEADER) & 0x3fffffff;
+        my $owner = u32_at($LOCK0) & 0x3fffffff;
         push @hold_problems, "round $round: lock word names $owner, not $$" if $owner != $$;
     }
-    my $before = u32_at($HEADER + 60);
+    my $before = u32_at($LOCK0 + 60);
     syswrite($kid{$_}{cmd}, 'H') for @readers;
     for my $pid (@readers) {
         # a reader whose get took the lock would wait for us forever: its
@@ -283,7 +283,7 @@ for my $round (1 .. $HOLDS) {
             push @hold_problems, "round $round: reader $pid answered '$l' while the lock was held";
         }
     }
-    my $after = u32_at($HEADER + 60);
+    my $after = u32_at($LOCK0 + 60);
     push @hold_problems, "round $round: change counter moved from $before to $after under our lock"
         if $after != $before;
     Cache::FastMmap::fc_unlock($h);

@@ -12,9 +12,9 @@ use FMTest;
 use Test::More;
 
 my %GEOM = (num_pages => 3, page_size => 65536, serializer => '');
-my $FILE_SIZE = 4096 + 4096 + 3 * 65536;
+my $FILE_SIZE = FMTest::file_size($GEOM{num_pages}, $GEOM{page_size});
 
-for my $size (0, 4096, int($FILE_SIZE / 2)) {
+for my $size (0, FMTest::FILE_HEADER_BYTES, int($FILE_SIZE / 2)) {
     my $st = FMTest::run_in_child(60, sub {
         my $c = FMTest::new_cache(%GEOM);
         my $f = $c->{share_file};
@@ -94,9 +94,12 @@ SKIP: {
         my $f = "$mnt/cache";
         my $c = Cache::FastMmap->new(share_file => $f, %GEOM, unlink_on_exit => 0);
         $c->set('before', 'x');
-        # free the pages' blocks, then fill the filesystem up
-        system("$fallocate --punch-hole --offset 8192 --length " . (3 * 65536) . " '$f'") == 0
-            or return 9;
+        # free the pages' blocks (each page's own bytes: the lock entry
+        # before each page stays), then fill the filesystem up
+        for my $n (0 .. $GEOM{num_pages} - 1) {
+            system("$fallocate --punch-hole --offset " . FMTest::page_off($GEOM{page_size}, $n)
+                   . " --length $GEOM{page_size} '$f'") == 0 or return 9;
+        }
         if (open my $fill, '>', "$mnt/fill") {
             my $block = "\0" x 65536;
             1 while syswrite($fill, $block);

@@ -146,8 +146,7 @@ for my $cfg (['raw', "serializer => ''"],
 # A damaged page magic makes the next locker repair the page (with a warning).
 sub damage_page {
     my ($c, $page) = @_;
-    my $np = $c->{num_pages};
-    my $off = 4096 + 4096 * int(($np * 64 + 4095) / 4096) + $page * $c->{page_size};
+    my $off = FMTest::page_off($c->{page_size}, $page);
     open my $fh, '+<:raw', $c->{share_file} or die "$c->{share_file}: $!";
     sysseek($fh, $off, 0) or die "seek: $!";
     syswrite($fh, pack('L', 0xDEADBEEF)) == 4 or die "write: $!";

@@ -1866,6 +1866,7 @@ header(self)
     (void)hv_stores(hv, "file_size", newSVuv((UV)f.file_size));
     (void)hv_stores(hv, "lock_table_offset", newSVuv((UV)f.lock_table_off));
     (void)hv_stores(hv, "pages_offset", newSVuv((UV)f.pages_off));
+    (void)hv_stores(hv, "page_stride", newSVuv((UV)f.page_stride));
     (void)hv_stores(hv, "in_use", newSVuv((UV)f.in_use));
     (void)hv_stores(hv, "reads", newSVuv((UV)f.reads));
     (void)hv_stores(hv, "hits", newSVuv((UV)f.hits));

@@ -149,8 +149,12 @@ typedef struct FcFileInfo {
   uint32_t num_pages;
   uint32_t start_slots;
   uint64_t file_size;
+  /**
+   * Page 0's lock entry and page 0; page n's are n * page_stride further on.
+   */
   uint64_t lock_table_off;
   uint64_t pages_off;
+  uint64_t page_stride;
   /**
    * 1 when another process has the file open.
    */

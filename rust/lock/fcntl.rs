@@ -35,7 +35,7 @@
 //! child's table agree: no pages held, no lock requests under way, and the shared
 //! liveness locks of the handles it inherited taken again for the child.
 
-use super::{owner, Acquired, Locker, LOCK_STRIDE, NO_SLOT};
+use super::{owner, Acquired, Locker, NO_SLOT};
 use crate::error::{Error, Result};
 use crate::platform;
 use std::cell::{RefCell, UnsafeCell};
@@ -557,6 +557,7 @@ pub fn opener(
     dev: u64,
     ino: u64,
     lock_table_off: u64,
+    lock_stride: u64,
     _shown: &str,
 ) -> Result<Locker> {
     Ok(Locker {
@@ -565,6 +566,7 @@ pub fn opener(
         slot: NO_SLOT,
         fd: file.as_raw_fd(),
         lock_table_off,
+        lock_stride,
     })
 }
 
@@ -729,7 +731,7 @@ pub unsafe fn lock(
         }
     }
     // ... then among processes.
-    let byte = who.lock_table_off + u64::from(page) * LOCK_STRIDE as u64;
+    let byte = who.lock_table_off + u64::from(page) * who.lock_stride;
     match kernel_lock(who.fd, byte, deadline) {
         Ok(true) => {}
         Ok(false) => {
@@ -816,6 +818,7 @@ pub fn recorded_owner_alive(rec: u32, _fd: RawFd) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::LOCK_STRIDE;
     use memmap2::{MmapOptions, MmapRaw};
     use std::path::PathBuf;
 
@@ -849,7 +852,15 @@ mod tests {
         fn with(path: PathBuf, file: ShareFile) -> Fixture {
             let m = file.metadata().unwrap();
             let map = MmapOptions::new().map_raw(&*file).unwrap();
-            let who = opener(&file, m.dev(), m.ino(), TABLE_OFF, "test").unwrap();
+            let who = opener(
+                &file,
+                m.dev(),
+                m.ino(),
+                TABLE_OFF,
+                LOCK_STRIDE as u64,
+                "test",
+            )
+            .unwrap();
             Fixture {
                 path,
                 file,

@@ -54,9 +54,10 @@ pub struct Locker {
     pub slot: u32,
     /// The open share file.
     pub fd: std::os::unix::io::RawFd,
-    /// Where the lock table starts in the file (the fcntl backend locks one byte of each
-    /// page's entry).
+    /// Where page 0's lock entry is in the file, and the distance between entries (the fcntl
+    /// backend locks one byte of each page's entry).
     pub lock_table_off: u64,
+    pub lock_stride: u64,
 }
 
 /// "No slot" (a `Locker` being built, or a backend without slots; never used to lock).

@@ -138,6 +138,7 @@ pub fn opener(
     dev: u64,
     ino: u64,
     lock_table_off: u64,
+    lock_stride: u64,
     shown: &str,
 ) -> Result<Locker> {
     let start = (platform::random_u64() % u64::from(MAX_SLOTS)) as u32;
@@ -151,6 +152,7 @@ pub fn opener(
                     slot,
                     fd: file.as_raw_fd(),
                     lock_table_off,
+                    lock_stride,
                 })
             }
             Ok(false) => continue,
@@ -586,6 +588,7 @@ mod tests {
         slot: 7,
         fd: -1,
         lock_table_off: 0,
+        lock_stride: 64,
     };
 
     fn fresh() -> Box<Entry> {
@@ -630,6 +633,7 @@ mod tests {
             slot: 0,
             fd: -1,
             lock_table_off: 0,
+            lock_stride: 64,
         };
         unsafe {
             lock(a.0.as_mut_ptr(), 5, None, &who).unwrap();
@@ -757,6 +761,7 @@ mod tests {
             slot: 4,
             fd: f2.as_raw_fd(),
             lock_table_off: 0,
+            lock_stride: 64,
         };
         let mut e = fresh();
         let p = e.0.as_mut_ptr();

@@ -42,6 +42,37 @@ use constant SLOT_BYTES        => 8;
 # Offset in a page of slot $i.
 sub slot_pos { PAGE_HEADER_BYTES + SLOT_BYTES * $_[0] }
 
+# The file layout (format version 4, see rust/file.rs Layout): a 4096-byte
+# file header, then for every page n its 64-byte lock entry immediately
+# followed by the page itself, so consecutive pages (and lock entries) are
+# 64 + page_size bytes apart -- Inspect's header() calls this page_stride,
+# and its lock_table_offset and pages_offset are the offsets of page 0's
+# lock entry and of page 0. In a lock entry the mutex comes first (glibc:
+# the futex word at 0, its owner at 8), then at 52 the holder record (the
+# robust backend: the holder's opener slot + 1; fcntl: the holder's pid), at
+# 56 the "being mutated" marker and at 60 the change counter (odd while a
+# change is under way).
+use constant FILE_HEADER_BYTES => 4096;
+use constant LOCK_ENTRY_BYTES  => 64;
+
+# File offset of page $n's lock entry, in a file of $page_size pages.
+sub lock_entry_off {
+    my ($page_size, $n) = @_;
+    return FILE_HEADER_BYTES + $n * (LOCK_ENTRY_BYTES + $page_size);
+}
+
+# File offset of page $n.
+sub page_off {
+    my ($page_size, $n) = @_;
+    return lock_entry_off($page_size, $n) + LOCK_ENTRY_BYTES;
+}
+
+# Size of a share file of $num_pages pages of $page_size bytes.
+sub file_size {
+    my ($num_pages, $page_size) = @_;
+    return FILE_HEADER_BYTES + $num_pages * (LOCK_ENTRY_BYTES + $page_size);
+}
+
 sub _under {
     my ($path, $dir) = @_;
     return 0 unless defined $path && -e $path && -d $dir;
