@@ -10,11 +10,12 @@ use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
 use crate::fork::ForkToken;
 use crate::hash::{belongs_on, hash_key};
 use crate::lock::{self, Acquired, DIRTY_OFF};
-use crate::page::{self, Corrupt, ExpungePlan, Item, Page, PageResult, ReadOut, Stored};
+use crate::page::{self, Corrupt, ExpungePlan, Item, Page, PageResult, Stored};
 
 // What the C ABI (ffi.rs) needs of the page format: it reaches pages only through here.
 pub use crate::page::{
-    NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8KEY, FLAG_UTF8VAL,
+    NewItem, ReadOut, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF, FLAG_UTF8KEY,
+    FLAG_UTF8VAL,
 };
 use crate::stats;
 use crate::time;
@@ -202,6 +203,11 @@ pub struct Cache {
     /// nothing to do costs one byte store and one load).
     after_peek: Cell<AfterPeek>,
     after_peek_armed: Cell<bool>,
+    /// The same for the last `peek_many`, one per key that left something to do.
+    after_many: Cell<Vec<AfterPeek>>,
+    after_many_armed: Cell<bool>,
+    /// `peek_many`'s buffer for the names it looks up.
+    peek_name: Cell<Vec<u8>>,
 }
 
 /// The writes a lock-free hit makes, once its view is confirmed: the LRU touch and, with
@@ -233,6 +239,9 @@ impl Cache {
             tally: stats::Tally::default(),
             after_peek: Cell::new(AfterPeek::default()),
             after_peek_armed: Cell::new(false),
+            after_many: Cell::new(Vec::new()),
+            after_many_armed: Cell::new(false),
+            peek_name: Cell::new(Vec::new()),
         }
     }
 
@@ -544,7 +553,84 @@ impl Cache {
     /// `enable_stats`, the page's counters) without the lock. `None`: take the lock (a
     /// change under way, or this handle holds a lock).
     pub fn peek(&self, page: u32, slot_hash: u32, key: &[u8]) -> Option<(ReadOut, u32)> {
+        let (base, size, ticket) = self.peek_ticket(page)?;
+        // SAFETY: `peek_ticket` checked that page `page` lies in the live mapping and that
+        // its base is 8-byte aligned.
+        let (found, touch) = unsafe { page::peek(base, size, slot_hash, key, time::now())? };
+        self.tally.peeked(1, u32::from(found.found));
+        if touch.is_some() || self.params.enable_stats {
+            self.after_peek.set(AfterPeek {
+                page,
+                touch,
+                count: self.params.enable_stats.then_some(found.found),
+            });
+            self.after_peek_armed.set(true);
+        }
+        Some((found, ticket))
+    }
+
+    /// [`Cache::peek`] for a batch of multi_get's keys, every one on page `page` under the
+    /// name multi_set gives it, `"{prefix}-{key}"`, all under one ticket: `Some(ticket)`
+    /// once `found(i, answer)` was called for each key in order, or `None` (take the lock).
+    /// As with `peek`, the answers count only if `peek_confirm(page, ticket)` holds after
+    /// their values are copied, and that confirmation applies every key's access-time update.
+    pub fn peek_many<'k>(
+        &self,
+        page: u32,
+        prefix: &[u8],
+        keys: impl Iterator<Item = &'k [u8]>,
+        mut found: impl FnMut(usize, &ReadOut),
+    ) -> Option<u32> {
+        let (base, size, ticket) = self.peek_ticket(page)?;
+        let now = time::now();
+        let stats = self.params.enable_stats;
+        let mut name = self.peek_name.take();
+        name.clear();
+        name.extend_from_slice(prefix);
+        name.push(b'-');
+        let stem = name.len();
+        let mut after = self.after_many.take();
+        after.clear();
+        let (mut reads, mut hits) = (0u32, 0u32);
+        let mut all = true;
+        for (i, key) in keys.enumerate() {
+            name.truncate(stem);
+            name.extend_from_slice(key);
+            let slot_hash = self.hash(&name).1;
+            // SAFETY: as in `peek`.
+            let Some((out, touch)) = (unsafe { page::peek(base, size, slot_hash, &name, now) })
+            else {
+                all = false;
+                break;
+            };
+            reads += 1;
+            hits += u32::from(out.found);
+            if touch.is_some() || stats {
+                after.push(AfterPeek {
+                    page,
+                    touch,
+                    count: stats.then_some(out.found),
+                });
+            }
+            found(i, &out);
+        }
+        self.peek_name.set(name);
+        self.after_many_armed.set(all && !after.is_empty());
+        self.after_many.set(after);
+        if !all {
+            return None;
+        }
+        self.tally.peeked(reads, hits);
+        Some(ticket)
+    }
+
+    /// The start of a lock-free read of page `page`: its base and size, and the ticket (the
+    /// change counter, even); `None` when the page is being changed (for longer than a short
+    /// wait), out of range, not aligned, or this handle holds a lock. Disarms what an
+    /// earlier unconfirmed read left for `peek_confirm`.
+    fn peek_ticket(&self, page: u32) -> Option<(*mut u8, usize, u32)> {
         self.after_peek_armed.set(false);
+        self.after_many_armed.set(false);
         let file = self.file.as_ref()?;
         let g = file.layout.geometry;
         if self.locked.is_some() || page >= g.num_pages || file.lost() {
@@ -554,38 +640,24 @@ impl Cache {
         if (base as usize) % 8 != 0 {
             return None;
         }
-        // SAFETY: the entry and the page lie in the live mapping owned by `file`; base is
-        // 8-byte aligned (checked above).
-        unsafe {
-            let version = lock::version(file.lock_entry(page));
-            let mut ticket = version.load(Ordering::Acquire);
-            // A change under way takes well under a microsecond: wait a little for it
-            // rather than queueing on the lock (a writer that died leaves the counter odd;
-            // the locked path then repairs the page).
-            let mut spins = 0;
-            while ticket & 1 == 1 {
-                if spins == PEEK_SPINS {
-                    return None;
-                }
-                spins += 1;
-                for _ in 0..16 {
-                    std::hint::spin_loop();
-                }
-                ticket = version.load(Ordering::Acquire);
+        // SAFETY: the entry lies in the live mapping owned by `file`.
+        let version = unsafe { lock::version(file.lock_entry(page)) };
+        let mut ticket = version.load(Ordering::Acquire);
+        // A change under way takes well under a microsecond: wait a little for it rather
+        // than queueing on the lock (a writer that died leaves the counter odd; the locked
+        // path then repairs the page).
+        let mut spins = 0;
+        while ticket & 1 == 1 {
+            if spins == PEEK_SPINS {
+                return None;
             }
-            let (found, touch) =
-                page::peek(base, g.page_size as usize, slot_hash, key, time::now())?;
-            self.tally.peeked(found.found);
-            if touch.is_some() || self.params.enable_stats {
-                self.after_peek.set(AfterPeek {
-                    page,
-                    touch,
-                    count: self.params.enable_stats.then_some(found.found),
-                });
-                self.after_peek_armed.set(true);
+            spins += 1;
+            for _ in 0..16 {
+                std::hint::spin_loop();
             }
-            Some((found, ticket))
+            ticket = version.load(Ordering::Acquire);
         }
+        Some((base, g.page_size as usize, ticket))
     }
 
     /// Pointer to a peeked value's bytes (to be copied, then confirmed).
@@ -615,23 +687,37 @@ impl Cache {
             unsafe { lock::version(file.lock_entry(page)).load(Ordering::Relaxed) == ticket };
         if same {
             self.tally.confirmed(file);
-            if self.after_peek_armed.replace(false) && self.after_peek.get().page == page {
-                let after = self.after_peek.get();
-                let base = file.page_ptr(page);
-                let size = file.layout.geometry.page_size as usize;
-                // SAFETY: page `page` lies in the live mapping; `peek` checked that its base
-                // is 8-byte aligned.
-                unsafe {
-                    if let Some(t) = &after.touch {
-                        page::touch(base, size, t);
-                    }
-                    if let Some(hit) = after.count {
-                        page::count_read(base, size, hit);
-                    }
+            if self.after_peek_armed.replace(false) {
+                self.apply_after_peek(file, page, &self.after_peek.get());
+            }
+            if self.after_many_armed.replace(false) {
+                let after = self.after_many.take();
+                for a in &after {
+                    self.apply_after_peek(file, page, a);
                 }
+                self.after_many.set(after);
             }
         }
         same
+    }
+
+    /// The writes of a confirmed lock-free hit on page `page` (see [`AfterPeek`]).
+    fn apply_after_peek(&self, file: &MappedFile, page: u32, after: &AfterPeek) {
+        if after.page != page {
+            return;
+        }
+        let base = file.page_ptr(page);
+        let size = file.layout.geometry.page_size as usize;
+        // SAFETY: page `page` lies in the live mapping; `peek_ticket` checked that its base
+        // is 8-byte aligned.
+        unsafe {
+            if let Some(t) = &after.touch {
+                page::touch(base, size, t);
+            }
+            if let Some(hit) = after.count {
+                page::count_read(base, size, hit);
+            }
+        }
     }
 
     /// Pointer to a read value's bytes (valid as [`Cache::read`] says).

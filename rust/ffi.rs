@@ -6,7 +6,7 @@
 //! under `catch_unwind` and a panic becomes an error ("internal error: ...").
 
 use crate::cache::{
-    Cache, Evicted, NewItem, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF,
+    Cache, Evicted, NewItem, ReadOut, FLAG_HASMODSEQ, FLAG_ISDIRTY, FLAG_TOMBSTONE, FLAG_UNDEF,
     FLAG_UTF8KEY, FLAG_UTF8VAL,
 };
 use crate::time;
@@ -339,18 +339,74 @@ pub unsafe extern "C" fn fc_peek(
     let Some(h) = c.as_ref() else { return 0 };
     match catch_unwind(AssertUnwindSafe(|| h.cache.peek(page, slot_hash, k))) {
         Ok(Some((p, t))) => {
-            put(
-                out,
-                FcReadResult {
-                    val: h.cache.peek_ptr(page, &p),
-                    val_len: p.val_len,
-                    flags: p.flags,
-                    found: u32::from(p.found),
-                    expire_on: p.expire_on,
-                    has_modseq: u32::from(p.modseq.is_some()),
-                    modseq: p.modseq.unwrap_or(0),
-                },
-            );
+            put(out, peek_result(h, page, &p));
+            put(ticket, t);
+            1
+        }
+        _ => 0,
+    }
+}
+
+/// What a lock-free lookup of page `page` answers, for C.
+fn peek_result(h: &FcCache, page: u32, p: &ReadOut) -> FcReadResult {
+    FcReadResult {
+        val: h.cache.peek_ptr(page, p),
+        val_len: p.val_len,
+        flags: p.flags,
+        found: u32::from(p.found),
+        expire_on: p.expire_on,
+        has_modseq: u32::from(p.modseq.is_some()),
+        modseq: p.modseq.unwrap_or(0),
+    }
+}
+
+/// One key of a batch: `len` bytes at `ptr`.
+#[repr(C)]
+pub struct FcKey {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+/// `fc_peek` for `n` keys of a multi_get on page `page`, each stored as
+/// `"{prefix}-{key}"`, under one ticket: 1 with `out[i]` the answer for `keys[i]` and
+/// `*ticket` set, or 0 (take the lock). The answers and their value bytes count only if
+/// `fc_peek_confirm(page, ticket)` returns 1 after the values are copied.
+///
+/// # Safety
+/// `c` is NULL or a live handle from `fc_new`; `prefix` points at `prefix_len` readable
+/// bytes; `keys` at `n` readable `FcKey`s whose bytes are readable; `out` at `n` writable
+/// `FcReadResult`s.
+#[no_mangle]
+pub unsafe extern "C" fn fc_peek_many(
+    c: *const FcCache,
+    page: u32,
+    prefix: *const u8,
+    prefix_len: usize,
+    keys: *const FcKey,
+    n: usize,
+    out: *mut FcReadResult,
+    ticket: *mut u32,
+) -> c_int {
+    let Some(h) = c.as_ref() else { return 0 };
+    if n > 0 && (keys.is_null() || out.is_null()) {
+        return 0;
+    }
+    let prefix = bytes(prefix, prefix_len);
+    let keys: &[FcKey] = if n == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(keys, n)
+    };
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        h.cache.peek_many(
+            page,
+            prefix,
+            keys.iter().map(|k| bytes(k.ptr, k.len)),
+            |i, p| put(out.wrapping_add(i), peek_result(h, page, p)),
+        )
+    }));
+    match r {
+        Ok(Some(t)) => {
             put(ticket, t);
             1
         }

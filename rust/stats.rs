@@ -133,36 +133,42 @@ pub struct Tally {
     hits: Cell<u32>,
     /// Armed by the process that counted them (a forked child sees it unarmed).
     owner: ForkToken,
-    /// A lock-free read waiting for its confirmation: 0 none, 1 a miss, 2 a hit.
-    peeked: Cell<u8>,
+    /// Lock-free reads waiting for their confirmation: (reads, hits).
+    peeked: Cell<(u32, u32)>,
 }
 
 impl Tally {
     /// Counts one read (and a hit when `found`), adding the batch to the file when full.
     pub fn count(&self, file: &MappedFile, found: bool) {
+        self.add(file, 1, u32::from(found));
+    }
+
+    /// Counts `reads` reads of which `hits` hit.
+    fn add(&self, file: &MappedFile, reads: u32, hits: u32) {
         if self.reads.get() == 0 || !self.owner.same_process() {
             // A new batch, or counts inherited over fork (the parent's): start afresh.
             self.reads.set(0);
             self.hits.set(0);
             self.owner.arm();
         }
-        self.reads.set(self.reads.get() + 1);
-        self.hits.set(self.hits.get() + u32::from(found));
+        self.reads.set(self.reads.get().saturating_add(reads));
+        self.hits.set(self.hits.get().saturating_add(hits));
         if self.reads.get() >= FLUSH_EVERY {
             self.flush(file);
         }
     }
 
-    /// A lock-free read whose answer is still to be confirmed.
-    pub fn peeked(&self, found: bool) {
-        self.peeked.set(if found { 2 } else { 1 });
+    /// Lock-free reads (`reads`, of which `hits` hit) whose answers are still to be
+    /// confirmed; they replace any unconfirmed ones.
+    pub fn peeked(&self, reads: u32, hits: u32) {
+        self.peeked.set((reads, hits));
     }
 
-    /// The last lock-free read was confirmed: count it (once).
+    /// The last lock-free reads were confirmed: count them (once).
     pub fn confirmed(&self, file: &MappedFile) {
-        match self.peeked.replace(0) {
-            0 => {}
-            p => self.count(file, p == 2),
+        let (reads, hits) = self.peeked.replace((0, 0));
+        if reads > 0 {
+            self.add(file, reads, hits);
         }
     }
 

@@ -27,6 +27,9 @@ $n = 0;
 $n++ until (Cache::FastMmap::fc_hash($c->{Cache}, "pk$n"))[0] == $page;
 my $pk = "pk$n";
 $c->multi_set($pk, { a => 'A', b => 'B' });
+# and a batch bigger than one engine call of the lock-free multi_get (16 keys)
+my @many = map { "m$_" } 1 .. 40;
+$c->multi_set($pk, { map { ($_ => "V$_") } @many });
 
 # A holder sits inside a get_and_set callback: it holds the page lock and
 # has not changed the page yet.
@@ -54,6 +57,15 @@ $st = FMTest::run_in_child(10, sub {
 });
 is(FMTest::describe_status($st), 'exit 0', 'multi_get of that page does not wait either');
 
+$st = FMTest::run_in_child(10, sub {
+    Cache::FastMmap::_set_time_override($T0 + 2);
+    my $h = $c->multi_get($pk, [@many, 'gone1', 'gone2']);
+    return 2 unless keys %$h == @many;
+    return 3 if grep { ($h->{$_} // '') ne "V$_" } @many;
+    return 0;
+});
+is(FMTest::describe_status($st), 'exit 0', '... nor one of 42 keys, read 16 at a time');
+
 $st = FMTest::run_in_child(3, sub { $c->set($same, 'x'); 0 });
 is(FMTest::describe_status($st), 'signal 14', 'a write to that page waits for the lock');
 
@@ -73,6 +85,7 @@ my ($details) = grep { $_->{key} eq 'k' } $c->get_keys(1);
 is($details->{last_access}, $T0 + 3, 'the lock-free read updated the last-access time');
 my %multi = map { ($_->{key}, $_->{last_access}) } $c->get_keys(1);
 is_deeply([@multi{"$pk-a", "$pk-b"}], [$T0 + 2, $T0 + 2], '... and so did the lock-free multi_get');
+is_deeply([grep { $multi{"$pk-$_"} != $T0 + 2 } @many], [], '... for every key of every batch');
 Cache::FastMmap::_set_time_override($T0 + 5);
 is($c->get('k'), 'old', 'a read with a new time works');
 ($details) = grep { $_->{key} eq 'k' } $c->get_keys(1);
@@ -147,6 +160,21 @@ is($details->{last_access}, $T0 + 5, '... and updates the last-access time');
     is($misses, 0, 'every read found its key');
     is($bad, 0, 'lock-free readers never saw a torn or foreign value');
     cmp_ok($fresh // 0, '>=', 1, "the last reads saw the writers' values");
+}
+
+# enable_stats counts every key of a lock-free multi_get once: a read, and a
+# hit when it was found (in stats and in the pages' own counters).
+{
+    my $s = FMTest::new_cache(num_pages => 3, page_size => 8192, serializer => '',
+                              enable_stats => 1);
+    $s->multi_set('grp', { map { ($_ => "v$_") } 1 .. 20 });
+    my $h = $s->multi_get('grp', [1 .. 20, 'x', 'y', 'z']);
+    is(scalar(keys %$h), 20, 'stats cache: multi_get found the 20 keys');
+    my $st = $s->stats;
+    is($st->{reads}, 23, 'stats: every key of the multi_get is one read');
+    is($st->{hits}, 20, '... and every key found one hit');
+    my ($nreads, $nhits) = $s->get_statistics;
+    is_deeply([$nreads, $nhits], [23, 20], "... in the pages' counters too");
 }
 
 done_testing;

@@ -727,6 +727,9 @@ fcx_lookup(pTHX_ FcxHandle *x, uint32_t slot, const char *k, STRLEN klen, FcRead
     return sv_2mortal(fcx_value(aTHX_ r->val, r->val_len, r->flags));
 }
 
+/* Keys multi_get looks up without the lock per engine call. */
+#define FCX_PEEK_BATCH 16
+
 /* multi_get/multi_set's "$PageKey-$Key" as the Perl layer builds it under
  * "use bytes": the raw bytes of both, never flagged UTF-8 (mortal).  key is
  * plain (a hash key, or checked with FCX_PLAIN). */
@@ -1608,6 +1611,9 @@ multi_get(self, ...)
     FcReadResult r;
     int thaw, any = 0, unlocked;
     uint32_t ticket = 0, t;
+    FcKey kb[FCX_PEEK_BATCH];
+    FcReadResult rb[FCX_PEEK_BATCH];
+    SSize_t batch = 0;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1))
@@ -1626,31 +1632,44 @@ multi_get(self, ...)
     fc_hash(x->c, (const uint8_t *)p, plen, &page, &slot);
     thaw = x->uncomp || x->deser;
     found = (HV *)sv_2mortal((SV *)newHV());
+    /* Its keys are not entered in perl's shared string table: storing and
+     * freeing each would otherwise look it up there too. */
+    HvSHAREKEYS_off(found);
     if (last >= 8)
         hv_ksplit(found, last + 1);   /* sized once, not split while filling */
     /* One buffer for every "$PageKey-$Key", reused key after key. */
     full = sv_2mortal(newSV(plen + 64));
     sv_setpvn(full, p, plen);
     sv_catpvn_nomg(full, "-", 1);
-    /* First without the lock: every key is peeked under one ticket of the
-     * page's change counter and confirmed after its value is copied (which
-     * also moves its access time on), so the batch is one consistent view of
-     * the page, as under the lock.  Any change meanwhile, and the batch is
+    /* First without the lock: the keys are peeked FCX_PEEK_BATCH at a time,
+     * all under one ticket of the page's change counter, and confirmed after
+     * their values are copied (which also moves their access times on), so
+     * the whole call is one consistent view of the page, as under the lock.
+     * The key pointers are used before any other call: no Perl code runs
+     * in between (the keys are plain).   Any change meanwhile, and the batch is
      * read again under the lock.  The result hash is our own: storing into
      * it or emptying it runs no Perl code. */
     unlocked = 1;
-    for (i = 0; i <= last && unlocked; i++) {
-        SV *ks = *av_fetch(av, i, 0);
-        k = fcx_multi_key_into(aTHX_ x, full, plen, ks, &klen, &slot);
-        if (!fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &t)
+    for (i = 0; i <= last && unlocked; i += batch) {
+        SSize_t j;
+        batch = last + 1 - i < FCX_PEEK_BATCH ? last + 1 - i : FCX_PEEK_BATCH;
+        for (j = 0; j < batch; j++) {
+            STRLEN kl;
+            kb[j].ptr = (const uint8_t *)SvPV_nomg(*av_fetch(av, i + j, 0), kl);
+            kb[j].len = kl;
+        }
+        if (!fc_peek_many(x->c, page, (const uint8_t *)p, plen, kb, (size_t)batch, rb, &t)
             || (i > 0 && t != ticket)) {
             unlocked = 0;
             break;
         }
         ticket = t;
-        if (r.found) {
-            (void)hv_store_ent(found, ks, fcx_value(aTHX_ r.val, r.val_len, r.flags), 0);
-            any = 1;
+        for (j = 0; j < batch; j++) {
+            if (rb[j].found) {
+                (void)hv_store_ent(found, *av_fetch(av, i + j, 0),
+                                   fcx_value(aTHX_ rb[j].val, rb[j].val_len, rb[j].flags), 0);
+                any = 1;
+            }
         }
         if (!fc_peek_confirm(x->c, page, ticket))
             unlocked = 0;

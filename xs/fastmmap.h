@@ -78,6 +78,14 @@ typedef struct FcReadResult {
 } FcReadResult;
 
 /**
+ * One key of a batch: `len` bytes at `ptr`.
+ */
+typedef struct FcKey {
+  const uint8_t *ptr;
+  size_t len;
+} FcKey;
+
+/**
  * An entry from `fc_expunge` or `fc_collect_keys`.
  */
 typedef struct FcItem {
@@ -331,6 +339,26 @@ int fc_peek(const struct FcCache *c,
             size_t key_len,
             struct FcReadResult *out,
             uint32_t *ticket);
+
+/**
+ * `fc_peek` for `n` keys of a multi_get on page `page`, each stored as
+ * `"{prefix}-{key}"`, under one ticket: 1 with `out[i]` the answer for `keys[i]` and
+ * `*ticket` set, or 0 (take the lock). The answers and their value bytes count only if
+ * `fc_peek_confirm(page, ticket)` returns 1 after the values are copied.
+ *
+ * # Safety
+ * `c` is NULL or a live handle from `fc_new`; `prefix` points at `prefix_len` readable
+ * bytes; `keys` at `n` readable `FcKey`s whose bytes are readable; `out` at `n` writable
+ * `FcReadResult`s.
+ */
+int fc_peek_many(const struct FcCache *c,
+                 uint32_t page,
+                 const uint8_t *prefix,
+                 size_t prefix_len,
+                 const struct FcKey *keys,
+                 size_t n,
+                 struct FcReadResult *out,
+                 uint32_t *ticket);
 
 /**
  * 1 if page `page` did not change since `fc_peek` gave out `ticket`, else 0.
