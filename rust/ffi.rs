@@ -317,28 +317,35 @@ pub unsafe extern "C" fn fc_read(
     })
 }
 
-/// Looks a key up without locking (a sequence-lock read). Returns 1 with `*out` filled
-/// and a `*ticket` when it could; the value bytes may be copied but only trusted if
+/// Looks a key up without locking (a sequence-lock read). Always sets `*page` and
+/// `*slot_hash` to the key's (as `fc_hash` does), for a locked retry. Returns 1 with `*out`
+/// filled and a `*ticket` when it could; the value bytes may be copied but only trusted if
 /// `fc_peek_confirm` then returns 1. Returns 0 when the caller must lock and `fc_read`
-/// instead (a change under way, an LRU time to update, statistics on).
+/// instead (a change under way, or the handle holds a lock).
 ///
 /// # Safety
 /// `c` is NULL or a live handle from `fc_new`; `key` points at `key_len` readable bytes;
-/// `out` and `ticket` are writable.
+/// `page`, `slot_hash`, `out` and `ticket` are writable.
 #[no_mangle]
 pub unsafe extern "C" fn fc_peek(
     c: *const FcCache,
-    page: u32,
-    slot_hash: u32,
     key: *const u8,
     key_len: usize,
+    page: *mut u32,
+    slot_hash: *mut u32,
     out: *mut FcReadResult,
     ticket: *mut u32,
 ) -> c_int {
     let k = bytes(key, key_len);
     let Some(h) = c.as_ref() else { return 0 };
-    match catch_unwind(AssertUnwindSafe(|| h.cache.peek(page, slot_hash, k))) {
-        Ok(Some((p, t))) => {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let (p, s) = h.cache.hash(k);
+        put(page, p);
+        put(slot_hash, s);
+        h.cache.peek(p, s, k).map(|found| (p, found))
+    }));
+    match r {
+        Ok(Some((page, (p, t)))) => {
             put(out, peek_result(h, page, &p));
             put(ticket, t);
             1
@@ -687,8 +694,10 @@ pub unsafe extern "C" fn fc_repaired_pages(c: *const FcCache) -> u64 {
     unsafe { c.as_ref() }.map_or(0, |h| h.cache.repaired_pages())
 }
 
-/// The oldest warning not yet reported (e.g. a repaired page), or NULL when there is none.
-/// The string is owned by the handle, valid until the next call of this function.
+/// The oldest warning not yet reported (e.g. a repaired page), or NULL when there is none
+/// or the handle holds a page lock (warnings wait for the unlock: a `__WARN__` handler is
+/// Perl code, which never runs under the lock). The string is owned by the handle, valid
+/// until the next call of this function.
 ///
 /// # Safety
 /// `c` is NULL or a live handle from `fc_new`.
@@ -698,6 +707,9 @@ pub unsafe extern "C" fn fc_take_warning(c: *mut FcCache) -> *const c_char {
     let Some(h) = (unsafe { c.as_mut() }) else {
         return std::ptr::null();
     };
+    if h.cache.is_locked() {
+        return std::ptr::null();
+    }
     match catch_unwind(AssertUnwindSafe(|| h.cache.take_warning())) {
         Ok(Some(w)) => {
             h.warning = CString::new(w.replace('\0', "\\0")).unwrap_or_default();

@@ -231,8 +231,7 @@ fcx_warnings(pTHX_ FcCache *c)
     AV *more = NULL;
     SSize_t i;
 
-    if (fc_is_locked(c))
-        return;
+    /* None while c holds a page lock: they wait for the unlock. */
     while ((w = fc_take_warning(c)) != NULL) {
         SV *msg = sv_2mortal(newSVpv(w, 0));
         if (!first)
@@ -1283,10 +1282,9 @@ get(self, ...)
     miss_to_perl = !(x->policy & FCX_FAST_GET);
     key = ST(1);
     k = SvPV_nomg(key, klen);
-    fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
     /* First without the lock (a sequence-lock read): the copy is kept only if
      * the page did not change meanwhile, else we lock and read again. */
-    if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)) {
+    if (fc_peek(x->c, (const uint8_t *)k, klen, &page, &slot, &r, &ticket)) {
         if (!r.found && miss_to_perl) {
             if (fc_peek_confirm(x->c, page, ticket))
                 FCX_DELEGATE("_get_general");
@@ -1367,8 +1365,7 @@ exists(self, ...)
         FCX_DELEGATE("_exists_general");
     key = ST(1);
     k = SvPV_nomg(key, klen);
-    fc_hash(x->c, (const uint8_t *)k, klen, &page, &slot);
-    if (fc_peek(x->c, page, slot, (const uint8_t *)k, klen, &r, &ticket)
+    if (fc_peek(x->c, (const uint8_t *)k, klen, &page, &slot, &r, &ticket)
         && fc_peek_confirm(x->c, page, ticket)) {
         ST(0) = sv_2mortal(newSViv(r.found ? 1 : 0));
         XSRETURN(1);

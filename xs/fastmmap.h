@@ -323,20 +323,21 @@ int fc_read(struct FcCache *c,
             struct FcReadResult *out);
 
 /**
- * Looks a key up without locking (a sequence-lock read). Returns 1 with `*out` filled
- * and a `*ticket` when it could; the value bytes may be copied but only trusted if
+ * Looks a key up without locking (a sequence-lock read). Always sets `*page` and
+ * `*slot_hash` to the key's (as `fc_hash` does), for a locked retry. Returns 1 with `*out`
+ * filled and a `*ticket` when it could; the value bytes may be copied but only trusted if
  * `fc_peek_confirm` then returns 1. Returns 0 when the caller must lock and `fc_read`
- * instead (a change under way, an LRU time to update, statistics on).
+ * instead (a change under way, or the handle holds a lock).
  *
  * # Safety
  * `c` is NULL or a live handle from `fc_new`; `key` points at `key_len` readable bytes;
- * `out` and `ticket` are writable.
+ * `page`, `slot_hash`, `out` and `ticket` are writable.
  */
 int fc_peek(const struct FcCache *c,
-            uint32_t page,
-            uint32_t slot_hash,
             const uint8_t *key,
             size_t key_len,
+            uint32_t *page,
+            uint32_t *slot_hash,
             struct FcReadResult *out,
             uint32_t *ticket);
 
@@ -509,8 +510,10 @@ const char *fc_lock_backend(void);
 uint64_t fc_repaired_pages(const struct FcCache *c);
 
 /**
- * The oldest warning not yet reported (e.g. a repaired page), or NULL when there is none.
- * The string is owned by the handle, valid until the next call of this function.
+ * The oldest warning not yet reported (e.g. a repaired page), or NULL when there is none
+ * or the handle holds a page lock (warnings wait for the unlock: a `__WARN__` handler is
+ * Perl code, which never runs under the lock). The string is owned by the handle, valid
+ * until the next call of this function.
  *
  * # Safety
  * `c` is NULL or a live handle from `fc_new`.
