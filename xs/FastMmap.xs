@@ -813,7 +813,20 @@ fcx_lock_key(pTHX_ FcxHandle *x, const char *k, STRLEN klen)
 static void
 fcx_set_raw(pTHX_ SV *sv, const FcReadResult *r)
 {
-    sv_setpvn(sv, r->val_len ? (const char *)r->val : "", (STRLEN)r->val_len);
+    STRLEN len = (STRLEN)r->val_len;
+    /* The pad target of the last call, a plain string with room: copy in
+     * place (what sv_setpvn does, without its general checks). */
+    if (SvTYPE(sv) >= SVt_PV && !SvTHINKFIRST(sv) && !SvOOK(sv) && SvLEN(sv) > len) {
+        char *pv = SvPVX(sv);
+        if (len)
+            Copy(r->val, pv, len, char);
+        pv[len] = '\0';
+        SvCUR_set(sv, len);
+        (void)SvPOK_only(sv);
+    }
+    else
+        sv_setpvn(sv, len ? (const char *)r->val : "", len);
+    SvTAINT(sv);
     if (r->flags & FCX_UTF8VAL)
         SvUTF8_on(sv);
     else
