@@ -36,8 +36,8 @@ const FILE_MAGIC: [u8; 8] = *b"FMMAPRS\0";
 /// are replaced like any other mismatch.
 pub const FORMAT_VERSION: u32 = 4;
 pub const HEADER_SIZE: u64 = 4096;
-/// Header offset of the lock backend's kind (`lock::KIND`) and, after it, the lock table's
-/// stride and the backend's detail (`lock::KIND_DETAIL`).
+/// Header offset of the lock backend's kind (`lock::KIND`) and, after it, the size of a lock
+/// entry and the backend's detail (`lock::KIND_DETAIL`).
 const LOCK_KIND_AT: usize = 28;
 const ENDIAN_MARK: u32 = 0x0102_0304;
 /// Bytes of the header covered by the checksum; the checksum follows them.
@@ -63,7 +63,8 @@ pub struct Layout {
     pub lock_table_off: u64,
     /// Offset of page 0; page `n` is `page_stride * n` further on.
     pub pages_off: u64,
-    /// Distance from one page's lock entry (and page) to the next: `LOCK_STRIDE + page_size`.
+    /// Distance from one page's lock entry (and page) to the next: `LOCK_STRIDE + page_size`
+    /// (the page size rounded up to a multiple of `LOCK_STRIDE`).
     pub page_stride: u64,
     pub file_size: u64,
 }
@@ -93,9 +94,12 @@ impl Layout {
         // Each page follows its lock entry. Every lookup reads both, so they share a
         // neighbourhood (one TLB entry, adjacent lines); and the 64 bytes between
         // power-of-two pages keep the page headers from all falling into the same cache sets.
+        // A page size that is not a multiple of 64 (only the C ABI allows one) is padded, so
+        // that every entry stays aligned to its own cache line.
         let lock_table_off = HEADER_SIZE;
         let pages_off = lock_table_off + LOCK_STRIDE as u64;
-        let page_stride = LOCK_STRIDE as u64 + u64::from(g.page_size);
+        let page_stride =
+            LOCK_STRIDE as u64 + u64::from(g.page_size).next_multiple_of(LOCK_STRIDE as u64);
         let file_size = u64::from(g.num_pages)
             .checked_mul(page_stride)
             .and_then(|d| d.checked_add(lock_table_off))
@@ -887,6 +891,24 @@ mod tests {
         g.page_size = MAX_PAGE_SIZE;
         g.num_pages = u32::MAX;
         assert!(Layout::new(g).is_ok() || cfg!(target_pointer_width = "32"));
+    }
+
+    #[test]
+    fn each_page_follows_its_lock_entry_on_cache_line_boundaries() {
+        for page_size in [4096, 1000, 1001] {
+            let l = Layout::new(Geometry {
+                page_size,
+                num_pages: 3,
+                start_slots: 44,
+            })
+            .unwrap();
+            for n in 0..3 {
+                assert_eq!(l.page_off(n), l.lock_off(n) + LOCK_STRIDE as u64);
+                assert_eq!(l.lock_off(n) % 64, 0, "page size {page_size}, entry {n}");
+                assert!(l.page_off(n) + u64::from(page_size) <= l.lock_off(n + 1));
+            }
+            assert_eq!(l.file_size, l.lock_off(3), "page size {page_size}");
+        }
     }
 
     #[test]
