@@ -67,3 +67,7 @@ fn set_byte_lock(
 
 /// The SIGBUS safety net for share-file mappings (POSIX: sigaction and mmap).
 pub mod sigbus;
+
+/// Cache prefetch hints (per CPU architecture, a no-op on others).
+mod prefetch;
+pub use prefetch::prefetch_write;
