@@ -409,6 +409,24 @@ impl Cache {
         Ok(())
     }
 
+    /// Runs `f` with page `page` locked, and unlocks however `f` ends, a panic included:
+    /// a whole operation in one call from C.
+    pub fn with_locked<T>(
+        &mut self,
+        page: u32,
+        f: impl FnOnce(&mut Cache) -> Result<T>,
+    ) -> Result<T> {
+        struct Unlock<'a>(&'a mut Cache);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.unlock();
+            }
+        }
+        self.lock(page)?;
+        let held = Unlock(self);
+        f(&mut *held.0)
+    }
+
     /// Releases the page lock, if one is held. Never fails.
     pub fn unlock(&mut self) {
         let (Some(page), Some(file)) = (self.locked.take(), self.file.as_ref()) else {
@@ -991,6 +1009,32 @@ mod tests {
             .then(|| unsafe { std::slice::from_raw_parts(c.value_ptr(&r), r.val_len) }.to_vec());
         c.unlock();
         v
+    }
+
+    /// `with_locked` (fc_set and fc_remove) unlocks on every way out: success, an error and
+    /// a panic, which the C ABI catches.
+    #[test]
+    fn with_locked_always_unlocks() {
+        let d = tmpdir("with-locked");
+        let mut c = open(&d, 3, 8192);
+        let (p, s) = c.hash(b"k");
+        let stored = c
+            .with_locked(p, |c| c.store(&new_item(s, "k", b"v")))
+            .unwrap();
+        assert_eq!(stored, Stored::Yes);
+        assert!(!c.is_locked(), "unlocked after success");
+        let err = c
+            .with_locked(p, |_| -> Result<()> { Err(Error::new("refused")) })
+            .unwrap_err();
+        assert_eq!(err.message(), "refused");
+        assert!(!c.is_locked(), "unlocked after an error");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = c.with_locked(p, |_| -> Result<()> { panic!("boom") });
+        }));
+        assert!(panicked.is_err());
+        assert!(!c.is_locked(), "unlocked after a panic");
+        assert_eq!(get(&mut c, "k").as_deref(), Some(&b"v"[..]));
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// `store` (set's one-call path) leaves every page exactly as `expunge` + `write` does,

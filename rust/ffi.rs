@@ -506,6 +506,34 @@ pub unsafe extern "C" fn fc_store(
     })
 }
 
+/// A whole `set` of a cache without write-back in one call: locks the key's page, does
+/// what [`fc_store`] does, and unlocks (on every path). `*stored` as for `fc_write`. The
+/// handle must hold no lock.
+///
+/// # Safety
+/// As [`fc_write`].
+#[no_mangle]
+pub unsafe extern "C" fn fc_set(
+    c: *mut FcCache,
+    key: *const u8,
+    key_len: usize,
+    val: *const u8,
+    val_len: usize,
+    expire_on: u32,
+    flags: u32,
+    stored: *mut i32,
+) -> c_int {
+    let (k, v) = (bytes(key, key_len), bytes(val, val_len));
+    call(c, |cache| {
+        let (page, slot_hash) = cache.hash(k);
+        let r = cache.with_locked(page, |cache| {
+            cache.store(&value_item(slot_hash, k, v, expire_on, flags, None))
+        })?;
+        put(stored, r.code());
+        Ok(())
+    })
+}
+
 /// Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
 /// over a newer modseq) or 0 (no room). `flags` may carry FC_UTF8KEY.
 ///
@@ -555,6 +583,29 @@ pub unsafe extern "C" fn fc_delete(
     let k = bytes(key, key_len);
     call(c, |cache| {
         let r = cache.delete(slot_hash, k)?;
+        put(did_delete, i32::from(r.is_some()));
+        put(flags, r.unwrap_or(0));
+        Ok(())
+    })
+}
+
+/// A whole `remove` in one call: locks the key's page, does what [`fc_delete`] does, and
+/// unlocks (on every path). The handle must hold no lock.
+///
+/// # Safety
+/// As [`fc_delete`].
+#[no_mangle]
+pub unsafe extern "C" fn fc_remove(
+    c: *mut FcCache,
+    key: *const u8,
+    key_len: usize,
+    did_delete: *mut i32,
+    flags: *mut u32,
+) -> c_int {
+    let k = bytes(key, key_len);
+    call(c, |cache| {
+        let (page, slot_hash) = cache.hash(k);
+        let r = cache.with_locked(page, |cache| cache.delete(slot_hash, k))?;
         put(did_delete, i32::from(r.is_some()));
         put(flags, r.unwrap_or(0));
         Ok(())

@@ -1416,16 +1416,17 @@ set(self, ...)
     if (items == 4 && SvOK(ST(3)))
         expire_on = fcx_expire_on(aTHX_ ST(3), fc_now());
     if (!wb_self && !x->ser && !x->comp && FCX_PLAIN(ST(2))) {
-        /* A plain raw value and no callback: no Perl code can run from here
-         * to the unlock, so no guard is needed, and fc_store makes room and
-         * stores in one call. */
+        /* A plain raw value and no callback: both turn into bytes here, and
+         * fc_set locks, makes room, stores and unlocks in one call (no Perl
+         * code runs meanwhile, so no guard is needed). */
         dXSTARG;
-        flags = x->dirty | (SvUTF8(ST(2)) ? FCX_UTF8VAL : 0);
+        STRLEN vlen;
+        const char *v = SvPV_nomg(ST(2), vlen);
+        flags = x->dirty | (SvUTF8(ST(2)) ? FCX_UTF8VAL : 0) | (SvUTF8(key) ? FCX_UTF8KEY : 0);
         k = SvPV_nomg(key, klen);
-        slot = fcx_lock_key(aTHX_ x, k, klen);
-        result = fcx_store(x, k, klen, SvUTF8(key) ? 1 : 0, slot, ST(2), expire_on, flags);
-        fc_unlock(x->c);
-        fcx_warnings(aTHX_ x->c);
+        result = 0;
+        fcx_done(aTHX_ x->c, fc_set(x->c, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
+                                    expire_on, flags, &result));
         sv_setiv(TARG, result == 1 ? 1 : 0);
         ST(0) = TARG;
         XSRETURN(1);
@@ -1470,7 +1471,7 @@ remove(self, ...)
     FcxHandle *x;
     STRLEN klen;
     const char *k;
-    uint32_t slot, fl = 0;
+    uint32_t fl = 0;
     int32_t did = 0;
   PPCODE:
     x = fcx_self(aTHX_ self);
@@ -1478,11 +1479,8 @@ remove(self, ...)
         FCX_DELEGATE("_remove_general");
     key = ST(1);
     k = SvPV_nomg(key, klen);
-    slot = fcx_lock_key(aTHX_ x, k, klen);
-    if (fc_delete(x->c, slot, (const uint8_t *)k, klen, &did, &fl) != 0)
-        fcx_fail_unlock(aTHX_ x->c);
-    fc_unlock(x->c);
-    fcx_warnings(aTHX_ x->c);
+    /* Locks, deletes and unlocks in one call. */
+    fcx_done(aTHX_ x->c, fc_remove(x->c, (const uint8_t *)k, klen, &did, &fl));
     ST(0) = sv_2mortal(newSViv(did ? 1 : 0));
     XSRETURN(1);
 

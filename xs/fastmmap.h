@@ -409,6 +409,23 @@ int fc_store(struct FcCache *c,
              int32_t *stored);
 
 /**
+ * A whole `set` of a cache without write-back in one call: locks the key's page, does
+ * what [`fc_store`] does, and unlocks (on every path). `*stored` as for `fc_write`. The
+ * handle must hold no lock.
+ *
+ * # Safety
+ * As [`fc_write`].
+ */
+int fc_set(struct FcCache *c,
+           const uint8_t *key,
+           size_t key_len,
+           const uint8_t *val,
+           size_t val_len,
+           uint32_t expire_on,
+           uint32_t flags,
+           int32_t *stored);
+
+/**
  * Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
  * over a newer modseq) or 0 (no room). `flags` may carry FC_UTF8KEY.
  *
@@ -434,6 +451,19 @@ int fc_tombstone(struct FcCache *c,
  */
 int fc_delete(struct FcCache *c,
               uint32_t slot_hash,
+              const uint8_t *key,
+              size_t key_len,
+              int32_t *did_delete,
+              uint32_t *flags);
+
+/**
+ * A whole `remove` in one call: locks the key's page, does what [`fc_delete`] does, and
+ * unlocks (on every path). The handle must hold no lock.
+ *
+ * # Safety
+ * As [`fc_delete`].
+ */
+int fc_remove(struct FcCache *c,
               const uint8_t *key,
               size_t key_len,
               int32_t *did_delete,
