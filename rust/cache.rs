@@ -895,6 +895,11 @@ impl Cache {
         self.repaired
     }
 
+    /// Are there warnings not yet reported?
+    pub fn has_warnings(&self) -> bool {
+        !self.warnings.is_empty()
+    }
+
     /// The oldest warning not yet reported, if any.
     pub fn take_warning(&mut self) -> Option<String> {
         if self.warnings.is_empty() {

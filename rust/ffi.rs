@@ -508,7 +508,8 @@ pub unsafe extern "C" fn fc_store(
 
 /// A whole `set` of a cache without write-back in one call: locks the key's page, does
 /// what [`fc_store`] does, and unlocks (on every path). `*stored` as for `fc_write`. The
-/// handle must hold no lock.
+/// handle must hold no lock. Returns 0, or 1 when it also queued warnings for
+/// `fc_take_warning`, or -1 on an error.
 ///
 /// # Safety
 /// As [`fc_write`].
@@ -524,14 +525,25 @@ pub unsafe extern "C" fn fc_set(
     stored: *mut i32,
 ) -> c_int {
     let (k, v) = (bytes(key, key_len), bytes(val, val_len));
-    call(c, |cache| {
+    let rc = call(c, |cache| {
         let (page, slot_hash) = cache.hash(k);
         let r = cache.with_locked(page, |cache| {
             cache.store(&value_item(slot_hash, k, v, expire_on, flags, None))
         })?;
         put(stored, r.code());
         Ok(())
-    })
+    });
+    if rc < 0 {
+        rc
+    } else {
+        warned(c)
+    }
+}
+
+/// 1 when the handle has warnings queued, else 0 (for the one-call operations' results).
+fn warned(c: *mut FcCache) -> c_int {
+    // SAFETY: as for the call it follows: c is a live handle or NULL.
+    unsafe { c.as_ref() }.map_or(0, |h| c_int::from(h.cache.has_warnings()))
 }
 
 /// Writes a tombstone (key + modseq) in the locked page: `*stored` is 1 (written, or a no-op
@@ -590,7 +602,7 @@ pub unsafe extern "C" fn fc_delete(
 }
 
 /// A whole `remove` in one call: locks the key's page, does what [`fc_delete`] does, and
-/// unlocks (on every path). The handle must hold no lock.
+/// unlocks (on every path). The handle must hold no lock. Returns as [`fc_set`].
 ///
 /// # Safety
 /// As [`fc_delete`].
@@ -603,13 +615,18 @@ pub unsafe extern "C" fn fc_remove(
     flags: *mut u32,
 ) -> c_int {
     let k = bytes(key, key_len);
-    call(c, |cache| {
+    let rc = call(c, |cache| {
         let (page, slot_hash) = cache.hash(k);
         let r = cache.with_locked(page, |cache| cache.delete(slot_hash, k))?;
         put(did_delete, i32::from(r.is_some()));
         put(flags, r.unwrap_or(0));
         Ok(())
-    })
+    });
+    if rc < 0 {
+        rc
+    } else {
+        warned(c)
+    }
 }
 
 /// Expunges the locked page: mode 0 expired entries, 1 everything, 2 also least recently

@@ -1380,7 +1380,9 @@ exists(self, ...)
     k = SvPV_nomg(key, klen);
     if (fc_peek(x->c, (const uint8_t *)k, klen, &page, &slot, &r, &ticket)
         && fc_peek_confirm(x->c, page, ticket)) {
-        ST(0) = sv_2mortal(newSViv(r.found ? 1 : 0));
+        dXSTARG;
+        sv_setiv(TARG, r.found ? 1 : 0);
+        ST(0) = TARG;
         XSRETURN(1);
     }
     if (fc_lock(x->c, page) != 0)
@@ -1404,6 +1406,7 @@ set(self, ...)
     U32 expire_on = 0xFFFFFFFFU, flags;
     SV *stored;
     int32_t result;
+    int rc;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items < 3 || items > 4 || !x || !(x->policy & (FCX_FAST_SET | FCX_FAST_SET_WB))
@@ -1425,8 +1428,10 @@ set(self, ...)
         flags = x->dirty | (SvUTF8(ST(2)) ? FCX_UTF8VAL : 0) | (SvUTF8(key) ? FCX_UTF8KEY : 0);
         k = SvPV_nomg(key, klen);
         result = 0;
-        fcx_done(aTHX_ x->c, fc_set(x->c, (const uint8_t *)k, klen, (const uint8_t *)v, vlen,
-                                    expire_on, flags, &result));
+        rc = fc_set(x->c, (const uint8_t *)k, klen, (const uint8_t *)v, vlen, expire_on, flags,
+                    &result);
+        if (rc)    /* warnings queued, or an error */
+            fcx_done(aTHX_ x->c, rc < 0 ? -1 : 0);
         sv_setiv(TARG, result == 1 ? 1 : 0);
         ST(0) = TARG;
         XSRETURN(1);
@@ -1473,6 +1478,7 @@ remove(self, ...)
     const char *k;
     uint32_t fl = 0;
     int32_t did = 0;
+    int rc;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items != 2 || !x || !(x->policy & FCX_FAST_REMOVE) || !FCX_PLAIN(ST(1)))
@@ -1480,8 +1486,14 @@ remove(self, ...)
     key = ST(1);
     k = SvPV_nomg(key, klen);
     /* Locks, deletes and unlocks in one call. */
-    fcx_done(aTHX_ x->c, fc_remove(x->c, (const uint8_t *)k, klen, &did, &fl));
-    ST(0) = sv_2mortal(newSViv(did ? 1 : 0));
+    rc = fc_remove(x->c, (const uint8_t *)k, klen, &did, &fl);
+    if (rc)    /* warnings queued, or an error */
+        fcx_done(aTHX_ x->c, rc < 0 ? -1 : 0);
+    {
+        dXSTARG;
+        sv_setiv(TARG, did ? 1 : 0);
+        ST(0) = TARG;
+    }
     XSRETURN(1);
 
 void

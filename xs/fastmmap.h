@@ -411,7 +411,8 @@ int fc_store(struct FcCache *c,
 /**
  * A whole `set` of a cache without write-back in one call: locks the key's page, does
  * what [`fc_store`] does, and unlocks (on every path). `*stored` as for `fc_write`. The
- * handle must hold no lock.
+ * handle must hold no lock. Returns 0, or 1 when it also queued warnings for
+ * `fc_take_warning`, or -1 on an error.
  *
  * # Safety
  * As [`fc_write`].
@@ -458,7 +459,7 @@ int fc_delete(struct FcCache *c,
 
 /**
  * A whole `remove` in one call: locks the key's page, does what [`fc_delete`] does, and
- * unlocks (on every path). The handle must hold no lock.
+ * unlocks (on every path). The handle must hold no lock. Returns as [`fc_set`].
  *
  * # Safety
  * As [`fc_delete`].
