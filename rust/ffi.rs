@@ -525,24 +525,29 @@ pub unsafe extern "C" fn fc_set(
     stored: *mut i32,
 ) -> c_int {
     let (k, v) = (bytes(key, key_len), bytes(val, val_len));
-    let rc = call(c, |cache| {
-        let (page, slot_hash) = cache.hash(k);
-        let r = cache.with_locked(page, |cache| {
-            cache.store(&value_item(slot_hash, k, v, expire_on, flags, None))
-        })?;
+    one_call(c, k, |cache, slot_hash| {
+        let r = cache.store(&value_item(slot_hash, k, v, expire_on, flags, None))?;
         put(stored, r.code());
         Ok(())
-    });
-    if rc < 0 {
-        rc
-    } else {
-        warned(c)
-    }
+    })
 }
 
-/// 1 when the handle has warnings queued, else 0 (for the one-call operations' results).
-fn warned(c: *mut FcCache) -> c_int {
-    // SAFETY: as for the call it follows: c is a live handle or NULL.
+/// [`call`] for an operation on one key in one call (`fc_set`, `fc_remove`): runs `f` with
+/// the key's page locked and its slot hash, and unlocks on every path. Returns -1 on an
+/// error, else 1 when the handle has warnings queued, else 0.
+fn one_call(
+    c: *mut FcCache,
+    key: &[u8],
+    f: impl FnOnce(&mut Cache, u32) -> crate::error::Result<()>,
+) -> c_int {
+    let rc = call(c, |cache| {
+        let (page, slot_hash) = cache.hash(key);
+        cache.with_locked(page, |cache| f(cache, slot_hash))
+    });
+    if rc < 0 {
+        return rc;
+    }
+    // SAFETY: as in `call`: c is a live handle or NULL.
     unsafe { c.as_ref() }.map_or(0, |h| c_int::from(h.cache.has_warnings()))
 }
 
@@ -615,18 +620,12 @@ pub unsafe extern "C" fn fc_remove(
     flags: *mut u32,
 ) -> c_int {
     let k = bytes(key, key_len);
-    let rc = call(c, |cache| {
-        let (page, slot_hash) = cache.hash(k);
-        let r = cache.with_locked(page, |cache| cache.delete(slot_hash, k))?;
+    one_call(c, k, |cache, slot_hash| {
+        let r = cache.delete(slot_hash, k)?;
         put(did_delete, i32::from(r.is_some()));
         put(flags, r.unwrap_or(0));
         Ok(())
-    });
-    if rc < 0 {
-        rc
-    } else {
-        warned(c)
-    }
+    })
 }
 
 /// Expunges the locked page: mode 0 expired entries, 1 everything, 2 also least recently
