@@ -1665,10 +1665,10 @@ multi_get(self, ...)
      * all under one ticket of the page's change counter, and confirmed after
      * their values are copied (which also moves their access times on), so
      * the whole call is one consistent view of the page, as under the lock.
-     * The key pointers are used before any other call: no Perl code runs
-     * in between (the keys are plain).   Any change meanwhile, and the batch is
-     * read again under the lock.  The result hash is our own: storing into
-     * it or emptying it runs no Perl code. */
+     * The key pointers are used before any other call, and no Perl code
+     * runs in between (the keys are plain).  Any change meanwhile, and the
+     * whole call reads again under the lock.  The result hash is our own:
+     * storing into it or emptying it runs no Perl code. */
     unlocked = 1;
     for (i = 0; i <= last && unlocked; i += batch) {
         SSize_t j;
