@@ -1619,7 +1619,7 @@ void
 multi_get(self, ...)
     SV *self
   PREINIT:
-    SV *pagekey, *full, *val, **ep;
+    SV *pagekey, *full, *val;
     FcxHandle *x;
     STRLEN plen, klen;
     const char *p, *k;
@@ -1634,6 +1634,7 @@ multi_get(self, ...)
     FcKey kb[FCX_PEEK_BATCH];
     FcReadResult rb[FCX_PEEK_BATCH];
     SSize_t batch = 0;
+    SV **keys;
   PPCODE:
     x = fcx_self(aTHX_ self);
     if (items != 3 || !x || !(x->policy & FCX_FAST_OTHER) || !FCX_PLAIN(ST(1))
@@ -1641,10 +1642,12 @@ multi_get(self, ...)
         FCX_DELEGATE("_multi_get_general");
     av = (AV *)SvRV(ST(2));
     last = av_len(av);
-    /* Every key must turn into bytes without running Perl code. */
+    /* Every key must turn into bytes without running Perl code.  The array
+     * has no magic (checked above) and nothing below changes it, so its
+     * elements are read from AvARRAY directly. */
+    keys = AvARRAY(av);
     for (i = 0; i <= last; i++) {
-        ep = av_fetch(av, i, 0);
-        if (!ep || !FCX_PLAIN(*ep))
+        if (!keys[i] || !FCX_PLAIN(keys[i]))
             FCX_DELEGATE("_multi_get_general");
     }
     pagekey = ST(1);
@@ -1675,7 +1678,7 @@ multi_get(self, ...)
         batch = last + 1 - i < FCX_PEEK_BATCH ? last + 1 - i : FCX_PEEK_BATCH;
         for (j = 0; j < batch; j++) {
             STRLEN kl;
-            kb[j].ptr = (const uint8_t *)SvPV_nomg(*av_fetch(av, i + j, 0), kl);
+            kb[j].ptr = (const uint8_t *)SvPV_nomg(keys[i + j], kl);
             kb[j].len = kl;
         }
         if (!fc_peek_many(x->c, page, (const uint8_t *)p, plen, kb, (size_t)batch, rb, &t)
@@ -1686,7 +1689,7 @@ multi_get(self, ...)
         ticket = t;
         for (j = 0; j < batch; j++) {
             if (rb[j].found) {
-                (void)hv_store_ent(found, *av_fetch(av, i + j, 0),
+                (void)hv_store_ent(found, keys[i + j],
                                    fcx_value(aTHX_ rb[j].val, rb[j].val_len, rb[j].flags), 0);
                 any = 1;
             }
@@ -1702,7 +1705,7 @@ multi_get(self, ...)
         fcx_done(aTHX_ x->c, -1);
     /* Values go straight from the page into the result hash. */
     for (i = 0; i <= last && !unlocked; i++) {
-        SV *ks = *av_fetch(av, i, 0);
+        SV *ks = keys[i];
         k = fcx_multi_key_into(aTHX_ x, full, plen, ks, &klen, &slot);
         if (fc_read(x->c, slot, (const uint8_t *)k, klen, &r) != 0)
             fcx_fail_unlock(aTHX_ x->c);
