@@ -78,7 +78,7 @@ unsafe fn counter<'a>(base: *const u8, off: usize) -> &'a AtomicU64 {
 /// Reads the counters of the mapping whose header starts at `base`.
 ///
 /// # Safety
-/// As for [`counter`]; the mapping may be read-only.
+/// As for `counter`; the mapping may be read-only.
 pub unsafe fn read_counters(base: *const u8) -> Counters {
     let get = |off| counter(base, off).load(Ordering::Relaxed);
     Counters {

@@ -254,7 +254,7 @@ impl Page<'_> {
     }
 
     /// Every item, most recently stored first. Items are appended as they are stored and
-    /// [`Page::rebuild`] keeps their relative order, so this is the order of the last store of
+    /// `Page::rebuild` keeps their relative order, so this is the order of the last store of
     /// each key, newest first; neither the hash nor the clock has a say in it. `get_keys` lists
     /// a page this way (upstream lists slot order, which with its additive hash often puts a
     /// run of recently stored, similarly named keys first; CHI's `arbitrary` discard policy and

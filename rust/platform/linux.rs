@@ -7,8 +7,8 @@ use std::io;
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::AtomicU32;
 
-/// True where [`raw_futex_word`] semantics (a glibc robust mutex keeps its owner's thread
-/// id in its first 32-bit word) hold, so a stale lock can be taken over by CAS.
+/// True where a robust mutex keeps its owner's thread id in its first 32-bit word (glibc),
+/// so that a stale lock can be taken over by a compare-and-swap of that word.
 pub const RAW_MUTEX_WORD: bool = cfg!(target_env = "gnu");
 
 /// Wakes every thread (of any process) sleeping on the shared futex `word`.
