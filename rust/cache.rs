@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::file::{path_from_bytes, Geometry, Layout, MappedFile};
 use crate::fork::ForkToken;
+pub use crate::hash::slot_hash;
 use crate::hash::{belongs_on, hash_key};
 use crate::lock::{self, Acquired, DIRTY_OFF};
 use crate::page::{self, Corrupt, ExpungePlan, Item, Page, PageResult, Stored};
@@ -614,7 +615,7 @@ impl Cache {
         for (i, key) in keys.enumerate() {
             name.truncate(stem);
             name.extend_from_slice(key);
-            let slot_hash = self.hash(&name).1;
+            let slot_hash = slot_hash(&name);
             // SAFETY: as in `peek`.
             let Some((out, touch)) = (unsafe { page::peek(base, size, slot_hash, &name, now) })
             else {

@@ -233,7 +233,7 @@ pub unsafe extern "C" fn fc_init(c: *mut FcCache) -> c_int {
     call(c, |k| k.init())
 }
 
-/// The page and slot hash of a key.
+/// The page and slot hash of a key (with `page` NULL, only the slot hash, which is cheaper).
 ///
 /// # Safety
 /// `c` is NULL or a live handle from `fc_new`;
@@ -248,7 +248,12 @@ pub unsafe extern "C" fn fc_hash(
 ) {
     let k = bytes(key, key_len);
     let Some(h) = c.as_ref() else { return };
-    if let Ok((p, s)) = catch_unwind(AssertUnwindSafe(|| h.cache.hash(k))) {
+    if page.is_null() {
+        // Only the slot hash (a multi_get/multi_set name): no page to pick.
+        if let Ok(s) = catch_unwind(AssertUnwindSafe(|| crate::cache::slot_hash(k))) {
+            put(slot_hash, s);
+        }
+    } else if let Ok((p, s)) = catch_unwind(AssertUnwindSafe(|| h.cache.hash(k))) {
         put(page, p);
         put(slot_hash, s);
     }

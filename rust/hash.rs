@@ -8,7 +8,19 @@ use xxhash_rust::xxh3::xxh3_64;
 pub fn hash_key(key: &[u8], num_pages: u32) -> (u32, u32) {
     let h = xxh3_64(key);
     let page = (h % u64::from(num_pages.max(1))) as u32;
-    (page, (h >> 32) as u32)
+    (page, slot_part(h))
+}
+
+/// Only the slot hash of [`hash_key`], for a key whose page is known (multi_get's names live
+/// on their page key's page), without the division that picks a page.
+#[inline]
+pub fn slot_hash(key: &[u8]) -> u32 {
+    slot_part(xxh3_64(key))
+}
+
+#[inline]
+fn slot_part(h: u64) -> u32 {
+    (h >> 32) as u32
 }
 
 /// Does an entry with this key and slot hash belong on page `page`? The slot hash is always
@@ -35,6 +47,13 @@ mod tests {
     fn xxh3_matches_reference_vector() {
         // Reference value from `xxhsum -H3` for "abc".
         assert_eq!(xxh3_64(b"abc"), 0x78af5f94892f3950);
+    }
+
+    #[test]
+    fn slot_hash_is_hash_keys_slot_part() {
+        for k in [&b""[..], b"a", b"user-42-name"] {
+            assert_eq!(slot_hash(k), hash_key(k, 89).1);
+        }
     }
 
     #[test]

@@ -273,7 +273,7 @@ int fc_set_param(struct FcCache *c,
 int fc_init(struct FcCache *c);
 
 /**
- * The page and slot hash of a key.
+ * The page and slot hash of a key (with `page` NULL, only the slot hash, which is cheaper).
  *
  * # Safety
  * `c` is NULL or a live handle from `fc_new`;
